@@ -1,0 +1,101 @@
+"""Turns one operator's TE compute into a scheduled PrimFunc and measures the scratch
+memory its lowered TIR really allocates."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+import tvm_ffi
+from tvm import s_tir, te, tirx
+
+from ..graph import Graph, ModelError, Op
+from .ops import COMPUTES, macs
+
+
+@dataclass
+class Kernel:
+    func: tirx.PrimFunc     # params: activation inputs, constants, output
+    consts: list            # numpy arrays, in parameter order after the activations
+    macs: int
+    scratch_bytes: int      # bytes of buffers the lowered kernel allocates for itself
+
+
+def activation_inputs(op: Op, graph: Graph) -> list:
+    return [n for n in op.inputs if n and not graph.t(n).is_const]
+
+
+def lower_op(op: Op, graph: Graph) -> Kernel:
+    compute = COMPUTES.get(op.kind)
+    if compute is None:
+        raise ModelError(f"no kernel for operator {op.source or op.kind} at index {op.index}")
+    xs = [te.placeholder(graph.t(n).shape, graph.t(n).dtype, name=f"x{k}")
+          for k, n in enumerate(activation_inputs(op, graph))]
+    out, consts = compute(op, graph, xs)
+    func = te.create_prim_func([*xs, *[ph for ph, _ in consts], out])
+    func = schedule_local(func)
+    func = func.with_attr("tvm_patch.op", json.dumps(_describe(op, graph)))
+    return Kernel(func, [arr for _, arr in consts], macs(op, graph), scratch_bytes(func))
+
+
+def _describe(op: Op, graph: Graph) -> dict:
+    return {"kind": op.kind, "index": op.index, "source": op.source,
+            "attrs": {k: v for k, v in op.attrs.items()}}
+
+
+def schedule_local(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """Inline element-wise stages and compute each reduction inside the loops of its
+    consumer, so intermediates shrink to the part one consumer iteration needs instead
+    of a full-size buffer (an int32 accumulator would otherwise be 4x the output)."""
+    sch = s_tir.Schedule(tvm.IRModule({"main": func}))
+    root = sch.get_sblock("root")
+    blocks = sch.get_child_blocks(root)
+    outputs = {sch.get(b).name_hint for b in sch.get_output_blocks(root)}
+    for block in reversed(blocks):
+        name = sch.get(block).name_hint
+        if name in outputs:
+            continue
+        try:
+            if "_keep" in name:  # a stage that must stay separate (see ops.add_mul)
+                raise s_tir.ScheduleError()
+            sch.compute_inline(block)
+            continue
+        except s_tir.ScheduleError:
+            pass
+        consumers = sch.get_consumers(block)
+        if len(consumers) != 1:
+            continue
+        spatial = sum(1 for iv in sch.get(block).iter_vars if iv.iter_type == 0)
+        loops = sch.get_loops(consumers[0])
+        for depth in range(min(spatial, len(loops)), 0, -1):
+            try:
+                sch.compute_at(block, loops[depth - 1], preserve_unit_loops=True)
+                break
+            except s_tir.ScheduleError:
+                continue
+    return sch.mod["main"]
+
+
+def scratch_bytes(func: tirx.PrimFunc) -> int:
+    """Bytes of every buffer the kernel allocates, read from its lowered, compacted TIR."""
+    if not _allocations(func.body):
+        return 0
+    mod = tvm.IRModule({"main": func})
+    mod = tvm.transform.Sequential([
+        s_tir.transform.LowerInitBlock(), s_tir.transform.PlanAndUpdateBufferAllocationLocation(),
+        s_tir.transform.ConvertBlocksToOpaque(), s_tir.transform.CompactBufferAllocation(),
+    ])(mod)
+    return sum(buffer_bytes(b) for b in _allocations(mod["main"].body))
+
+
+def _allocations(body) -> list:
+    bufs = []
+    tvm_ffi.structural_walk(body, [(s_tir.SBlock, lambda b: bufs.extend(b.alloc_buffers))],
+                            order="post")
+    return bufs
+
+
+def buffer_bytes(buf) -> int:
+    return int(np.prod([int(d) for d in buf.shape])) * tvm.runtime.DataType(buf.dtype).bits // 8
