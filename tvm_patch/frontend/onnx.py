@@ -852,11 +852,12 @@ class _Converter:
             raise self._unsupported("only Clip(0, 6) and Clip(0, inf) are supported here")
         self._unary(node, activation)
 
+    # int8 unary ops keep ONNX's semantics (float op between DQ and Q), not TFLite's
     def op_Sigmoid(self, node):
-        self._unary(node, "logistic")
+        self._unary(node, "logistic", real_valued=True)
 
     def op_HardSwish(self, node):
-        self._unary(node, "hard_swish")
+        self._unary(node, "hard_swish", real_valued=True)
 
     def op_HardSigmoid(self, node):
         x = node.input[0]
@@ -865,7 +866,7 @@ class _Converter:
         if mul is not None:  # x * HardSigmoid(x), the form HardSwish is inlined to
             quantized = self._is_qdq([x], mul.output[0])
             self._emit("hard_swish", [self._input(x, quantized)],
-                       [self._output(mul.output[0], quantized)])
+                       [self._output(mul.output[0], quantized)], real_valued=True)
             return
         if self._is_qdq([x], node.output[0]):
             raise self._unsupported("int8 HardSigmoid is only supported as part of "

@@ -20,14 +20,14 @@ def to_relax(graph: Graph):
     with bb.function("main", params, attrs={"global_symbol": "main",
                                             "tvm_patch.model": graph.name}):
         with bb.dataflow():
-            for op in graph.ops:
+            for pos, op in enumerate(graph.ops):
                 out = graph.t(op.outputs[0])
                 if op.kind == "reshape":
                     env[out.name] = bb.emit(relax.op.reshape(env[op.inputs[0]], out.shape),
                                             name_hint=_var_name(out.name))
                     continue
                 kernel = lower_op(op, graph)
-                name = f"L{op.index:03d}_{op.kind}"
+                name = f"L{pos:03d}_{op.kind}"  # source index may repeat (ONNX inserts ops)
                 func = kernel.func.with_attr("tvm_patch.macs", kernel.macs).with_attr(
                     "tvm_patch.scratch_bytes", kernel.scratch_bytes).with_attr(
                     "global_symbol", name)

@@ -33,7 +33,12 @@ def lower_op(op: Op, graph: Graph) -> Kernel:
         raise ModelError(f"no kernel for operator {op.source or op.kind} at index {op.index}")
     xs = [te.placeholder(graph.t(n).shape, graph.t(n).dtype, name=f"x{k}")
           for k, n in enumerate(activation_inputs(op, graph))]
-    out, consts = compute(op, graph, xs)
+    try:
+        out, consts = compute(op, graph, xs)
+    except (NotImplementedError, ValueError) as e:
+        if isinstance(e, ModelError):
+            raise
+        raise ModelError(f"operator {op.source or op.kind} at index {op.index}: {e}") from None
     func = te.create_prim_func([*xs, *[ph for ph, _ in consts], out])
     func = schedule_local(func)
     func = func.with_attr("tvm_patch.op", json.dumps(_describe(op, graph)))
@@ -58,7 +63,7 @@ def schedule_local(func: tirx.PrimFunc) -> tirx.PrimFunc:
         if name in outputs:
             continue
         try:
-            if "_keep" in name:  # a stage that must stay separate (see ops.add_mul)
+            if "_keep" in name:  # a stage its author keeps separate (ops.add_mul, softmax)
                 raise s_tir.ScheduleError()
             sch.compute_inline(block)
             continue
@@ -79,7 +84,9 @@ def schedule_local(func: tirx.PrimFunc) -> tirx.PrimFunc:
 
 
 def scratch_bytes(func: tirx.PrimFunc) -> int:
-    """Bytes of every buffer the kernel allocates, read from its lowered, compacted TIR."""
+    """Arena bytes the kernel needs for itself: every buffer of more than one element that
+    its lowered, compacted TIR allocates. One-element buffers become C locals (registers
+    or stack; the device measures the stack by painting), not arena space."""
     if not _allocations(func.body):
         return 0
     mod = tvm.IRModule({"main": func})
@@ -87,7 +94,8 @@ def scratch_bytes(func: tirx.PrimFunc) -> int:
         s_tir.transform.LowerInitBlock(), s_tir.transform.PlanAndUpdateBufferAllocationLocation(),
         s_tir.transform.ConvertBlocksToOpaque(), s_tir.transform.CompactBufferAllocation(),
     ])(mod)
-    return sum(buffer_bytes(b) for b in _allocations(mod["main"].body))
+    return sum(buffer_bytes(b) for b in _allocations(mod["main"].body)
+               if int(np.prod([int(d) for d in b.shape])) > 1)
 
 
 def _allocations(body) -> list:

@@ -340,13 +340,14 @@ def concat(op: Op, graph: Graph, xs):
     if op.attrs.get("activation", "none") != "none":
         raise ModelError(f"CONCATENATION at index {op.index}: fused activation not supported")
 
+    offsets = np.cumsum([0] + [int(t.shape[axis]) for t in ins])
+
     def f(*i):
-        offsets = np.cumsum([0] + [int(t.shape[axis]) for t in ins])
         val = None
-        for t, start in reversed(list(zip(ins, offsets[:-1]))):
-            idx = list(i)
-            idx[axis] = i[axis] - int(start)
-            read = t[tuple(tirx.max(v, 0) if d == axis else v for d, v in enumerate(idx))]
+        for t, start in zip(ins, offsets[:-1]):
+            # both sides of a Select are evaluated: keep every read inside its input
+            pos = tirx.min(tirx.max(i[axis] - int(start), 0), int(t.shape[axis]) - 1)
+            read = t[tuple(pos if d == axis else v for d, v in enumerate(i))]
             val = read if val is None else tirx.Select(i[axis] >= int(start), read, val)
         return val
     return te.compute(out_t.shape, f, name=f"L{op.index}_out"), consts.pairs
@@ -367,7 +368,8 @@ def resize_nearest(op: Op, graph: Graph, xs):
             res.append(max(0, min(v, in_size - 1)))
         return res
 
-    hmap, wmap = index_map(out_t.shape[1], x.shape[1]), index_map(out_t.shape[2], x.shape[2])
+    hmap = index_map(int(out_t.shape[1]), int(x.shape[1]))
+    wmap = index_map(int(out_t.shape[2]), int(x.shape[2]))
 
     def lookup(table, i):
         val = tirx.const(table[-1], I32)
@@ -426,6 +428,8 @@ def _nonlinear(fn_name, *attr_names):
         from . import nonlinear
         fn = getattr(nonlinear, fn_name)
         in_t, out_t = graph.t(op.inputs[0]), graph.t(op.outputs[0])
+        if op.attrs.get("real_valued") and out_t.dtype == "int8":
+            return nonlinear.real_valued(op.kind, xs[0], in_t.quant, out_t.quant)
         args = [op.attrs[a] for a in attr_names]
         in_q = in_t.quant if in_t.dtype != "float32" else None
         out_q = out_t.quant if out_t.dtype != "float32" else None

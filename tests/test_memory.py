@@ -1,0 +1,78 @@
+"""The arena plan: no two live buffers share a byte, and the accounting rules."""
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import tvm_patch
+from tvm_patch import zoo
+from tvm_patch.analysis.memory import ALIGN, Buffer, place, plan_memory
+from conftest import compiled_model
+
+
+@st.composite
+def buffer_sets(draw):
+    n = draw(st.integers(1, 30))
+    bufs = []
+    for k in range(n):
+        start = draw(st.integers(0, 20))
+        bufs.append(Buffer(f"b{k}", draw(st.integers(1, 5000)), start,
+                           start + draw(st.integers(0, 8)), "activation"))
+    return bufs
+
+
+def _check_no_overlap(bufs, arena):
+    for i, a in enumerate(bufs):
+        assert a.offset % ALIGN == 0 and a.offset + a.nbytes <= arena
+        for b in bufs[i + 1:]:
+            if a.overlaps_in_time(b):
+                assert a.offset + a.nbytes <= b.offset or b.offset + b.nbytes <= a.offset
+
+
+@settings(max_examples=300, deadline=None)
+@given(buffer_sets())
+def test_placement_never_overlaps_live_buffers(bufs):
+    arena = place(bufs)
+    _check_no_overlap(bufs, arena)
+    peak_live = max(sum(b.nbytes for b in bufs if b.start <= t <= b.end) for t in range(30))
+    assert arena >= peak_live
+
+
+def test_plan_of_a_real_model():
+    mod, compiled = compiled_model("resnet8", zoo.build("resnet8"))
+    plan = compiled.plan
+    _check_no_overlap(list(plan.buffers.values()), plan.arena_bytes)
+    kinds = {b.kind for b in plan.buffers.values()}
+    assert {"input", "output", "activation"} <= kinds
+    excl = plan_memory(mod, exclude_io=True)
+    assert excl.arena_bytes <= plan.arena_bytes
+
+
+def test_paper_analytic_mobilenetv2_matches_mcunetv2_table1():
+    """MobileNetV2-1.0 at 224x224: 1372 kB per-layer peak under the paper's rule (Table 1)."""
+    prof = tvm_patch.profile(tvm_patch.load(zoo.build("mobilenetv2", width=1.0,
+                                                      resolution=224)))
+    assert prof.paper_analytic_bytes == 1372 * 1024
+    peak = max(prof.layers, key=lambda layer: layer.paper_bytes)
+    assert peak.output == [1, 112, 112, 96]  # block 2's expansion conv
+
+
+def test_profile_fields_and_plot(tmp_path):
+    mod, _ = compiled_model("resnet8", zoo.build("resnet8"))
+    prof = tvm_patch.profile(mod)
+    d = prof.as_dict()
+    for key in ("arena_bytes", "arena_excl_io_bytes", "paper_analytic_bytes", "macs", "layers"):
+        assert key in d
+    assert d["macs"] == sum(layer["macs"] for layer in d["layers"]) > 0
+    assert d["arena_bytes"] >= max(layer["live_bytes"] for layer in d["layers"])
+    png = prof.plot(str(tmp_path / "mem.png"))
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert "arena" in prof.table()
+
+
+def test_macs_of_a_known_layer():
+    """ResNet-8's first conv: 32x32x16 outputs, 3x3x3 taps each."""
+    mod, _ = compiled_model("resnet8", zoo.build("resnet8"))
+    first = tvm_patch.profile(mod).layers[0]
+    assert first.kind == "conv2d" and first.macs == 32 * 32 * 16 * 3 * 3 * 3
+    assert np.prod(first.output) * 1 == first.output_bytes
