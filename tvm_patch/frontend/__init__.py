@@ -6,12 +6,17 @@ import os
 
 from ..graph import Graph, ModelError
 from .relax_emit import to_relax
+from .simplify import fold_pads
 
 
 def read(model) -> Graph:
-    """A .tflite or .onnx file (path or bytes) as the graph IR."""
+    """A .tflite or .onnx file (path or bytes) as the graph IR, simplified exactly."""
     if isinstance(model, Graph):
         return model
+    return fold_pads(_read_file(model))
+
+
+def _read_file(model) -> Graph:
     if isinstance(model, (str, os.PathLike)):
         path = str(model)
         if not os.path.isfile(path):
