@@ -30,6 +30,7 @@ DEFAULT_MODELS = os.path.join(os.path.dirname(os.path.dirname(HERE)), "shared", 
 ANCHORS = {
     "mcunet-vww1": "TinyEngine arena 93,992",
     "mbv2-w0.35-r144": "msf-CNN workspace 194,400",
+    "mcunet-in3 (320kb-1mb) r176": "msf-CNN workspace 309,760",
     "mbv2-w1.0-r224": "paper rule 1372 kB (1,404,928)",
 }
 
@@ -43,11 +44,13 @@ def models(shared_dir: str, skip_slow: bool):
                 yield name, f.read()
     yield "demo (zoo)", zoo.build("demo")
     yield "resnet8 (zoo)", zoo.build("resnet8")
-    yield "mbv2-w0.35-r144", zoo.build("mobilenetv2", width=0.35, resolution=144)
-    for cfg in ["mcunet-320kb-1mb", "mcunet-5fps", "mcunet-10fps"]:
+    configs = {"mbv2-w0.35-r144": "mbv2-w0.35-r144", "mcunet-in3 (320kb-1mb) r176":
+               "mcunet-320kb-1mb", "mcunet-5fps r96": "mcunet-5fps",
+               "mcunet-10fps r48": "mcunet-10fps", "proxyless-w0.3-r176": "proxyless-w0.3-r176"}
+    for label, cfg in configs.items():
         path = os.path.join(shared_dir, "configs", f"{cfg}_imagenet.json")
         if os.path.exists(path):
-            yield cfg, zoo.build(path)
+            yield label, zoo.build(path)
     if not skip_slow:
         yield "mbv2-w1.0-r224", zoo.build("mobilenetv2", width=1.0, resolution=224)
 

@@ -72,12 +72,14 @@ class Profile:
         import matplotlib.pyplot as plt
         series = {"": self} | (others or {})
         fig, ax = plt.subplots(figsize=(11, 4.2))
-        for label, prof in series.items():
+        for k, (label, prof) in enumerate(series.items()):
             xs = range(len(prof.layers))
             tag = f" {label}" if label else ""
             ax.bar(xs, [layer.live_bytes / 1024 for layer in prof.layers], alpha=0.55,
+                   color=f"C{2 * k}",
                    label=f"live arena bytes{tag} (peak {prof.arena_bytes / 1024:.1f} kB)")
             ax.plot(xs, [layer.paper_bytes / 1024 for layer in prof.layers], lw=1.4,
+                    color=f"C{2 * k + 1}",
                     label=f"paper rule in+out{tag} (peak {prof.paper_analytic_bytes / 1024:.1f}"
                     " kB)")
         ax.set_xlabel("layer (execution order)")
