@@ -8,6 +8,7 @@ import re
 import tempfile
 
 import numpy as np
+import tflite
 
 
 def _runtime():
@@ -32,7 +33,6 @@ def run(data: bytes, inputs) -> list:
     for k, x in enumerate(inputs):
         ip.set_input(np.ascontiguousarray(x), k)
     ip.invoke()
-    import tflite
     n_outputs = tflite.Model.GetRootAsModel(data, 0).Subgraphs(0).OutputsLength()
     return [ip.get_output(k) for k in range(n_outputs)]
 

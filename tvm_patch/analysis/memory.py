@@ -5,6 +5,7 @@ runtimes read the same plan object."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -108,7 +109,6 @@ def plan_memory(mod, exclude_io: bool = False) -> Plan:
             if scratch_bytes:
                 scratch = f"{name}__scratch"
                 buffers[scratch] = Buffer(scratch, scratch_bytes, step, step, "scratch")
-            import json
             op = json.loads(str(prim.attrs["tvm_patch.op"])) if prim.attrs and \
                 "tvm_patch.op" in prim.attrs else {"kind": gv.name_hint}
             steps.append(Step(gv.name_hint, ins, consts, name, scratch,

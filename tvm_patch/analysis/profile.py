@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
 from .memory import Plan, plan_memory
 
 
@@ -105,7 +107,6 @@ def profile(mod) -> Profile:
 
 def _bytes(plan: Plan, name: str) -> int:
     _, shape, dtype = plan.views[name]
-    import numpy as np
     return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
 
 
