@@ -105,10 +105,10 @@ def _conv5(attrs):
 @pytest.mark.parametrize("per_channel", [False, True])
 @pytest.mark.parametrize("make", [mobilenet_v2_like_qdq, pooling_net_qdq])
 def test_qdq_network_close_to_onnxruntime(make, per_channel):
-    """Whole QDQ networks: every int8 layer is within one step of onnxruntime (test above);
-    one-step differences (TFLite's fixed-point rounding vs onnxruntime's float rounding)
-    propagate through later layers, so outputs may be a few steps away (measured: at most
-    3, mean under 0.5)."""
+    """Whole QDQ networks: every int8 operator is within one step of onnxruntime (test
+    above); convolutions, FC and ADD keep TFLite's integer requantization, whose one-step
+    differences from onnxruntime's float rounding propagate through later layers (measured
+    over 200 outputs: at most 2 steps, mean 0.11-0.54)."""
     model = make(per_channel)
     graph = tvm_patch.read(model.SerializeToString())
     assert any(op.kind == "conv2d" and graph.t(op.outputs[0]).dtype == "int8"
@@ -120,7 +120,7 @@ def test_qdq_network_close_to_onnxruntime(make, per_channel):
         for x in sample_inputs(model, 20)])
     print(f"{make.__name__} per_channel={per_channel}: max {steps.max():.2f} steps, "
           f"mean {steps.mean():.2f}")
-    assert steps.max() <= 3.001 and steps.mean() <= 0.5
+    assert steps.max() <= 2.001 and steps.mean() <= 0.6
 
 
 def _output_step(model) -> float:

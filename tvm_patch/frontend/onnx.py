@@ -36,8 +36,10 @@ _OPERATOR_QUANTIZATION = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMul
                           "DynamicQuantizeLinear"}
 _DTYPES = {TensorProto.FLOAT: "float32", TensorProto.INT8: "int8"}
 # int8 ops whose quantization TFLite constrains (see _Converter._emit)
-_INT8_RULES = {"concat", "softmax", "reshape", "transpose", "max_pool2d", "avg_pool2d", "pad",
-               "resize_nearest"}
+_INT8_RULES = {"concat", "reshape", "transpose", "max_pool2d", "pad", "resize_nearest"}
+# int8 ops computed with ONNX's own semantics (dequantize, float op, quantize), which need no
+# requantization around them and stay within a step of onnxruntime
+_REAL_VALUED = {"softmax", "avg_pool2d", "mean", "logistic", "hard_swish"}
 
 
 def read_onnx(model: str | bytes | onnx.ModelProto) -> Graph:
@@ -362,10 +364,9 @@ class _Converter:
     def _emit(self, kind: str, inputs, outputs, index=None, source=None, **attrs):
         """Adds an op. Int8 ops are held to TFLite's int8 rules, which QDQ models need not
         follow, by requantizing (an int8 -> int8 `quantize`) around them: concat inputs take
-        the output's parameters, softmax produces (1/256, -128), and layout, pooling and
-        padding ops keep their input's parameters. (Logistic is left alone: a lookup table
-        serves any output parameters without the second rounding, which costs up to 2 LSB
-        at the end of a network.)"""
+        the output's parameters, and layout, max pooling and padding ops keep their input's
+        parameters. The _REAL_VALUED ops are left alone: they compute in float between
+        dequantize and quantize, for any output parameters, without a second rounding."""
         index = self.index if index is None else index
         if source is None:
             source = self.node.op_type if self.node is not None else ""
@@ -374,14 +375,14 @@ class _Converter:
             self.ops.append(Op(kind, list(inputs), list(outputs), attrs, index, source))
 
         out = self.tensors[outputs[0]]
+        if out.dtype == "int8" and kind in _REAL_VALUED:
+            attrs["real_valued"] = True
         if out.dtype != "int8" or out.quant is None or kind not in _INT8_RULES:
             add(kind, inputs, outputs, **attrs)
             return
         required = self.tensors[inputs[0]].quant
         if kind == "concat":
             inputs, required = [self._requantized(i, out.quant, add) for i in inputs], out.quant
-        elif kind == "softmax":
-            required = Quant(1 / 256, -128)
         if required is None or _same_quant(required, out.quant):
             add(kind, inputs, outputs, **attrs)
             return
@@ -852,12 +853,11 @@ class _Converter:
             raise self._unsupported("only Clip(0, 6) and Clip(0, inf) are supported here")
         self._unary(node, activation)
 
-    # int8 unary ops keep ONNX's semantics (float op between DQ and Q), not TFLite's
     def op_Sigmoid(self, node):
-        self._unary(node, "logistic", real_valued=True)
+        self._unary(node, "logistic")
 
     def op_HardSwish(self, node):
-        self._unary(node, "hard_swish", real_valued=True)
+        self._unary(node, "hard_swish")
 
     def op_HardSigmoid(self, node):
         x = node.input[0]
@@ -866,7 +866,7 @@ class _Converter:
         if mul is not None:  # x * HardSigmoid(x), the form HardSwish is inlined to
             quantized = self._is_qdq([x], mul.output[0])
             self._emit("hard_swish", [self._input(x, quantized)],
-                       [self._output(mul.output[0], quantized)], real_valued=True)
+                       [self._output(mul.output[0], quantized)])
             return
         if self._is_qdq([x], node.output[0]):
             raise self._unsupported("int8 HardSigmoid is only supported as part of "

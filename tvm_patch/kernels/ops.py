@@ -13,7 +13,7 @@ import numpy as np
 from tvm import te, tirx
 
 from .. import quant as Q
-from ..graph import Graph, ModelError, Op
+from ..graph import Graph, ModelError, Op, Tensor
 from .fixedpoint import clamp, mbqm, round_half_away
 
 I32 = "int32"
@@ -438,16 +438,46 @@ def _nonlinear(fn_name, *attr_names):
     return compute
 
 
+def _dequantized(x, q, name):
+    scale = tirx.const(float(q.s), "float32")
+    return te.compute(x.shape, lambda *i: (x[i].astype(I32) - q.zp).astype("float32") * scale,
+                      name=name)
+
+
+def qdq_float(compute):
+    """An int8 operator with ONNX QDQ semantics: DequantizeLinear, the float operator,
+    QuantizeLinear (float32, round half to even). Used where TFLite's integer rules
+    (fixed-point softmax, ties rounded away from zero) would move away from onnxruntime."""
+    def qdq(op: Op, graph: Graph, xs):
+        if not op.attrs.get("real_valued") or not _quantized(graph, op):
+            return compute(op, graph, xs)
+        floats, shadow = [], dict(graph.tensors)
+        for x, name in zip(xs, [n for n in op.inputs if n and not graph.t(n).is_const]):
+            floats.append(_dequantized(x, graph.t(name).quant, f"L{op.index}_deq"))
+            shadow[name] = Tensor(name, graph.t(name).shape, "float32")
+        out_t = graph.t(op.outputs[0])
+        shadow[out_t.name] = Tensor(out_t.name, out_t.shape, "float32")
+        y, consts = compute(op, Graph(shadow, graph.ops, graph.inputs, graph.outputs), floats)
+        qo, (lo, hi) = out_t.quant, Q.QRANGE[out_t.dtype]
+        scale = tirx.const(float(qo.s), "float32")
+        out = te.compute(y.shape, lambda *i: clamp(
+            tirx.nearbyint(y[i] / scale).astype(I32) + qo.zp, lo, hi).astype(out_t.dtype),
+            name=f"L{op.index}_q")
+        return out, consts
+    return qdq
+
+
 COMPUTES = {
     "conv2d": conv, "depthwise_conv2d": conv, "fully_connected": fully_connected,
-    "add": add_mul, "mul": add_mul, "avg_pool2d": pool, "max_pool2d": pool, "pad": pad,
+    "add": add_mul, "mul": add_mul, "avg_pool2d": qdq_float(pool), "max_pool2d": pool,
+    "pad": pad,
     "transpose": transpose, "reshape": reshape, "concat": concat,
     "resize_nearest": resize_nearest, "quantize": quantize, "dequantize": dequantize,
     "relu": relu, "relu6": relu,
-    "softmax": _nonlinear("softmax", "beta"),
+    "softmax": qdq_float(_nonlinear("softmax", "beta")),
     "logistic": _nonlinear("logistic"),
     "hard_swish": _nonlinear("hard_swish"),
-    "mean": _nonlinear("mean", "axes", "keep_dims"),
+    "mean": qdq_float(_nonlinear("mean", "axes", "keep_dims")),
 }
 
 
