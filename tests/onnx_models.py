@@ -150,7 +150,9 @@ def quantize_qdq(model: onnx.ModelProto, per_channel: bool, samples: int = 16,
     with tempfile.TemporaryDirectory() as tmp:
         src, pre, dst = (os.path.join(tmp, f) for f in ("float.onnx", "pre.onnx", "qdq.onnx"))
         onnx.save(model, src)
-        quant_pre_process(src, pre)  # folds BatchNormalization into Conv, as ORT recommends
+        # folds BatchNormalization into Conv, as ORT recommends; shapes are static, so the
+        # symbolic shape inference (which needs sympy) has nothing to add
+        quant_pre_process(src, pre, skip_symbolic_shape=True)
         quantize_static(pre, dst, Reader(), quant_format=QuantFormat.QDQ,
                         per_channel=per_channel, activation_type=QuantType.QInt8,
                         weight_type=QuantType.QInt8)
