@@ -23,6 +23,7 @@ class Buffer:
     end: int              # last step at which it is live
     kind: str             # "input", "output", "activation" or "scratch"
     offset: int = -1
+    anchor: str = ""      # a buffer this one starts at (an in-place kernel's input)
 
     def overlaps_in_time(self, other) -> bool:
         return self.start <= other.end and other.start <= self.end
@@ -100,8 +101,9 @@ def plan_memory(mod, exclude_io: bool = False) -> Plan:
                 else:
                     ins.append(a.name)
                     use(a.name, step)
-            buffers[name] = Buffer(name, _nbytes(binding.var.ty), step, step,
-                                   "activation")
+            inplace = prim.attrs and int(prim.attrs.get("tvm_patch.inplace", 0))
+            buffers[name] = Buffer(name, _nbytes(binding.var.ty), step, step, "activation",
+                                   anchor=views[ins[0]][0] if inplace else "")
             views[name] = (name, _shape(binding.var.ty), str(binding.var.ty.dtype))
             scratch_bytes = int(prim.attrs.get("tvm_patch.scratch_bytes", 0)) \
                 if prim.attrs else 0
@@ -134,17 +136,20 @@ def _shape(ty) -> tuple:
 
 def place(buffers: list) -> int:
     """Offsets for buffers whose lifetimes overlap so that no two live buffers share bytes;
-    returns the arena size. Greedy placement in several orders (by size as TFLite Micro
-    does, by lifetime, by start), keeping the smallest arena."""
+    returns the arena size. A buffer with an anchor starts where its anchor starts (an
+    in-place kernel's output over its input) and may overlap it. Greedy placement in
+    several orders (by size as TFLite Micro does, by lifetime, by start), keeping the
+    smallest arena."""
+    groups = _anchor_groups(buffers)
     orders = [
-        lambda b: (-b.nbytes, b.start),
-        lambda b: (-(b.end - b.start + 1) * b.nbytes, b.start),
-        lambda b: (b.start, -b.nbytes),
-        lambda b: (-(b.end - b.start), -b.nbytes),
+        lambda g: (-_size(g), _start(g)),
+        lambda g: (-sum((b.end - b.start + 1) * b.nbytes for b in g), _start(g)),
+        lambda g: (_start(g), -_size(g)),
+        lambda g: (-(_end(g) - _start(g)), -_size(g)),
     ]
     best, best_offsets = None, None
     for key in orders:
-        offsets = _greedy(sorted(buffers, key=key))
+        offsets = _greedy(sorted(groups, key=key))
         size = max((offsets[id(b)] + _align(b.nbytes) for b in buffers), default=0)
         if best is None or size < best:
             best, best_offsets = size, offsets
@@ -153,16 +158,42 @@ def place(buffers: list) -> int:
     return best or 0
 
 
-def _greedy(order: list) -> dict:
+def _size(group):
+    return max(_align(b.nbytes) for b in group)
+
+
+def _start(group):
+    return min(b.start for b in group)
+
+
+def _end(group):
+    return max(b.end for b in group)
+
+
+def _anchor_groups(buffers: list) -> list:
+    by_name = {b.name: b for b in buffers}
+    root = {}
+
+    def find(b):
+        while b.anchor and b.anchor in by_name:
+            b = by_name[b.anchor]
+        return b.name
+    for b in buffers:
+        root.setdefault(find(b), []).append(b)
+    return list(root.values())
+
+
+def _greedy(groups: list) -> dict:
     offsets, placed = {}, []
-    for buf in order:
+    for group in groups:
         busy = sorted((offsets[id(p)], offsets[id(p)] + _align(p.nbytes)) for p in placed
-                      if p.overlaps_in_time(buf))
-        offset = 0
+                      if any(p.overlaps_in_time(m) for m in group))
+        offset, size = 0, _size(group)
         for lo, hi in busy:
-            if offset + _align(buf.nbytes) <= lo:
+            if offset + size <= lo:
                 break
             offset = max(offset, hi)
-        offsets[id(buf)] = offset
-        placed.append(buf)
+        for m in group:
+            offsets[id(m)] = offset
+        placed.extend(group)
     return offsets

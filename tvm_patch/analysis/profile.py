@@ -29,7 +29,7 @@ class Layer:
     input_bytes: int
     output_bytes: int
     scratch_bytes: int
-    live_bytes: int     # sum of the arena buffers live during this layer
+    live_bytes: int     # arena bytes occupied by the buffers live during this layer
     paper_bytes: int    # this layer under the paper_analytic rule
 
 
@@ -110,6 +110,15 @@ def _bytes(plan: Plan, name: str) -> int:
     return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
 
 
+def _occupied(buffers) -> int:
+    """Bytes of the arena covered by these buffers (an in-place output overlaps its input)."""
+    total, reach = 0, 0
+    for lo, hi in sorted((b.offset, b.offset + b.nbytes) for b in buffers):
+        total += max(0, hi - max(lo, reach))
+        reach = max(reach, hi)
+    return total
+
+
 def _layer(plan: Plan, k: int, step) -> Layer:
     in_sizes = [_bytes(plan, n) for n in step.inputs]
     out = _bytes(plan, step.output)
@@ -120,7 +129,7 @@ def _layer(plan: Plan, k: int, step) -> Layer:
         paper = max(in_sizes) + out if in_sizes else out
     else:
         paper = sum(in_sizes) + out
-    live = sum(b.nbytes for b in plan.live_at(k))
+    live = _occupied(plan.live_at(k))
     scratch = plan.buffers[step.scratch].nbytes if step.scratch else 0
     return Layer(step.op.get("index", k), kind, step.op.get("source", ""),
                  [list(plan.views[n][1]) for n in step.inputs], list(plan.views[step.output][1]),

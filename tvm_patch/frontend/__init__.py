@@ -6,14 +6,14 @@ import os
 
 from ..graph import Graph, ModelError
 from .relax_emit import to_relax
-from .simplify import fold_pads
+from .simplify import fold_pads, mark_inplace
 
 
 def read(model) -> Graph:
     """A .tflite or .onnx file (path or bytes) as the graph IR, simplified exactly."""
     if isinstance(model, Graph):
         return model
-    return fold_pads(_read_file(model))
+    return mark_inplace(fold_pads(_read_file(model)))
 
 
 def _read_file(model) -> Graph:

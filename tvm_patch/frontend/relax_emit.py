@@ -30,6 +30,7 @@ def to_relax(graph: Graph):
                 name = f"L{pos:03d}_{op.kind}"  # source index may repeat (ONNX inserts ops)
                 func = kernel.func.with_attr("tvm_patch.macs", kernel.macs).with_attr(
                     "tvm_patch.scratch_bytes", kernel.scratch_bytes).with_attr(
+                    "tvm_patch.inplace", int(bool(op.attrs.get("inplace")))).with_attr(
                     "global_symbol", name)
                 gv = bb.add_func(func, name)
                 args = [env[n] for n in activation_inputs(op, graph)] + \

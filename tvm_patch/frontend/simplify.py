@@ -39,3 +39,22 @@ def _foldable(graph: Graph, pad, consumers) -> bool:
             and users[0].inputs[0] == pad.outputs[0] and pad.outputs[0] not in graph.outputs
             and len(pads) == 4 and tuple(pads[0]) == (0, 0) and tuple(pads[3]) == (0, 0)
             and min(v for p in pads for v in p) >= 0)
+
+
+def mark_inplace(graph: Graph) -> Graph:
+    """Marks each depthwise convolution (multiplier 1) that may write its output over its
+    input: the input is not used afterwards, is not a model input, and is no smaller.
+    Output channel c lands only on positions of input channel c (NHWC), which the kernel
+    has copied aside by then, whatever the stride."""
+    last_use = {}
+    for k, op in enumerate(graph.ops):
+        for name in op.inputs:
+            last_use[name] = k
+    for k, op in enumerate(graph.ops):
+        if op.kind != "depthwise_conv2d" or op.attrs.get("depth_multiplier", 1) != 1:
+            continue
+        x, y = graph.t(op.inputs[0]), graph.t(op.outputs[0])
+        if (last_use[x.name] == k and x.name not in graph.inputs + graph.outputs
+                and y.nbytes <= x.nbytes and x.dtype == y.dtype):
+            op.attrs = dict(op.attrs, inplace=True)
+    return graph

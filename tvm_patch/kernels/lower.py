@@ -57,10 +57,18 @@ def schedule_local(func: tirx.PrimFunc) -> tirx.PrimFunc:
     sch = s_tir.Schedule(tvm.IRModule({"main": func}))
     root = sch.get_sblock("root")
     blocks = sch.get_child_blocks(root)
-    outputs = {sch.get(b).name_hint for b in sch.get_output_blocks(root)}
+    output_blocks = sch.get_output_blocks(root)
+    outputs = {sch.get(b).name_hint for b in output_blocks}
+    planes = [b for b in blocks if sch.get(b).name_hint.endswith("_keep_plane")]
+    if planes:  # in place: channel outermost, each channel's plane copied before its writes
+        n, h, w, c = sch.get_loops(output_blocks[0])
+        sch.reorder(n, c, h, w)
     for block in reversed(blocks):
         name = sch.get(block).name_hint
         if name in outputs:
+            continue
+        if name.endswith("_keep_plane"):
+            sch.compute_at(block, sch.get_loops(output_blocks[0])[1], preserve_unit_loops=True)
             continue
         try:
             if "_keep" in name:  # a stage its author keeps separate (ops.add_mul, softmax)

@@ -56,8 +56,9 @@ def _inputs_with_consts(op, graph, xs, consts):
     return res
 
 
-def _window_input(x, pad_value, padding, stride, dilation):
-    """x read at the input position of output (h, w) and kernel tap (ky, kx), with pad."""
+def _window_input(x, pad_value, padding, stride, dilation, plane=None):
+    """x read at the input position of output (h, w) and kernel tap (ky, kx), with pad;
+    from `plane` (x as N,C,H,W) instead when given."""
     _, H, W, _ = x.shape
     pt, pl = padding[0], padding[1]
 
@@ -65,8 +66,16 @@ def _window_input(x, pad_value, padding, stride, dilation):
         ih = h * stride[0] + ky * dilation[0] - pt
         iw = w * stride[1] + kx * dilation[1] - pl
         inside = tirx.all(ih >= 0, ih < H, iw >= 0, iw < W)
-        return tirx.if_then_else(inside, x[n, ih, iw, c], tirx.const(pad_value, x.dtype))
+        value = plane[n, c, ih, iw] if plane is not None else x[n, ih, iw, c]
+        return tirx.if_then_else(inside, value, tirx.const(pad_value, x.dtype))
     return read
+
+
+def channel_plane(x, name):
+    """x's channels as planes; an in-place depthwise kernel copies one channel's plane
+    before it overwrites that channel (see schedule_local)."""
+    N, H, W, C = x.shape
+    return te.compute((N, C, H, W), lambda n, c, h, w: x[n, h, w, c], name=name)
 
 
 def conv(op: Op, graph: Graph, xs):
@@ -78,6 +87,7 @@ def conv(op: Op, graph: Graph, xs):
     out_t = graph.t(op.outputs[0])
     a = op.attrs
     depthwise = op.kind == "depthwise_conv2d"
+    plane = channel_plane(x, f"L{op.index}_keep_plane") if a.get("inplace") else None
     n_out = out_t.shape[3]
     _, kh, kw, cin = wt.shape
     w = consts("w", wt.data)
@@ -86,7 +96,7 @@ def conv(op: Op, graph: Graph, xs):
     if _quantized(graph, op):
         in_q, w_q, out_q = graph.t(op.inputs[0]).quant, wt.quant, out_t.quant
         zp_in = in_q.zp
-        read = _window_input(x, zp_in, a["padding"], a["stride"], a["dilation"])
+        read = _window_input(x, zp_in, a["padding"], a["stride"], a["dilation"], plane)
         w_scale = np.broadcast_to(w_q.scale.astype(np.float64), (n_out,))
         mult, shift = Q.quantize_multipliers(
             np.float64(in_q.s) * w_scale / np.float64(out_q.s))
@@ -98,7 +108,7 @@ def conv(op: Op, graph: Graph, xs):
             return (read(n, h, ww, ry, rx, c_in).astype(I32) - zp_in) * \
                 w[w_c[0], ry, rx, w_c[1]].astype(I32)
     else:
-        read = _window_input(x, 0.0, a["padding"], a["stride"], a["dilation"])
+        read = _window_input(x, 0.0, a["padding"], a["stride"], a["dilation"], plane)
         bias = bt.data.astype(np.float32) if bt is not None else np.zeros(n_out, np.float32)
         b = consts("bias", bias)
         lo, hi = Q.float_activation_range(a["activation"])
