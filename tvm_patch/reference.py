@@ -19,13 +19,9 @@ def _runtime():
     return runtime
 
 
-def interpreter(data: bytes, preserve_all_tensors: bool = False):
-    runtime = _runtime()
-    config = runtime.InterpreterConfig.kPreserveAllTensors if preserve_all_tensors else \
-        runtime.InterpreterConfig.kAllocationRecording
+def interpreter(data: bytes):
     # the default arena (10x the model size) is too small for small models
-    return runtime.Interpreter.from_bytes(data, arena_size=max(8 << 20, 10 * len(data)),
-                                          intrepreter_config=config)
+    return _runtime().Interpreter.from_bytes(data, arena_size=max(8 << 20, 10 * len(data)))
 
 
 def run(data: bytes, inputs) -> list:

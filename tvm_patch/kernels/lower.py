@@ -35,9 +35,9 @@ def lower_op(op: Op, graph: Graph) -> Kernel:
           for k, n in enumerate(activation_inputs(op, graph))]
     try:
         out, consts = compute(op, graph, xs)
+    except ModelError:
+        raise
     except (NotImplementedError, ValueError) as e:
-        if isinstance(e, ModelError):
-            raise
         raise ModelError(f"operator {op.source or op.kind} at index {op.index}: {e}") from None
     func = te.create_prim_func([*xs, *[ph for ph, _ in consts], out])
     func = schedule_local(func)
@@ -70,13 +70,12 @@ def schedule_local(func: tirx.PrimFunc) -> tirx.PrimFunc:
         if name.endswith("_keep_plane"):
             sch.compute_at(block, sch.get_loops(output_blocks[0])[1], preserve_unit_loops=True)
             continue
-        try:
-            if "_keep" in name:  # a stage its author keeps separate (ops.add_mul, softmax)
-                raise s_tir.ScheduleError()
-            sch.compute_inline(block)
-            continue
-        except s_tir.ScheduleError:
-            pass
+        if "_keep" not in name:  # "_keep": its author keeps it separate (ops.add_mul, softmax)
+            try:
+                sch.compute_inline(block)
+                continue
+            except s_tir.ScheduleError:
+                pass
         consumers = sch.get_consumers(block)
         if len(consumers) != 1:
             continue
