@@ -12,11 +12,12 @@ from tvm_patch import zoo
 from tvm_patch.zoo import emit, float_net, nets
 
 from tvm_patch.zoo.writer import ModelWriter
+from conftest import SHARED_MODELS, shared_model
 
 tflm_runtime = pytest.importorskip("tflite_micro.python.tflite_micro.runtime")
 
 ARENA_BYTES = 8 << 20
-CONFIG_DIR = Path("/work/shared/models/configs")
+CONFIG_DIR = Path(SHARED_MODELS) / "configs"
 
 
 def run_tflm(model: bytes, inputs):
@@ -245,7 +246,7 @@ SHARED_CONFIGS = ["mcunet-5fps_imagenet.json", "mbv2-w0.35-r144_imagenet.json",
 def test_shared_configs_build_and_run(config):
     path = CONFIG_DIR / config
     if not path.exists():
-        pytest.skip(f"{path} not available")
+        shared_model("mcunet-vww1")  # skips locally, fails in CI, as the shared models do
     data = built(str(path))
     resolution = json.loads(path.read_text())["resolution"]
     assert input_shape(data) == [1, resolution, resolution, 3]
@@ -255,7 +256,7 @@ def test_shared_configs_build_and_run(config):
 def test_proxylessnas_matches_the_published_config():
     path = CONFIG_DIR / "proxyless_mobile.json"
     if not path.exists():
-        pytest.skip(f"{path} not available")
+        shared_model("mcunet-vww1")
     ours, theirs = built("proxylessnas", resolution=64), built(str(path), resolution=64)
     for opname in ("CONV_2D", "DEPTHWISE_CONV_2D", "ADD"):
         assert op_output_shapes(ours, opname) == op_output_shapes(theirs, opname)
