@@ -12,21 +12,26 @@ from .runtime.host import HostModel
 HOST_TARGETS = ("host", "llvm")
 
 
-def passes() -> list:
-    """tvm_patch's own Relax passes, in order (the patch-stage pass joins here)."""
-    return []
+def passes(split=None, patches=None, **options) -> list:
+    """tvm_patch's own Relax passes, in order: the patch stage when split or patches is
+    given (an int or "auto"; options: sram, max_mac_overhead, objective)."""
+    if split is None and patches is None:
+        return []
+    from .passes import PatchBasedInference
+    return [PatchBasedInference(split=split or "auto", patches=patches or "auto", **options)]
 
 
-def pipeline(target="llvm") -> tvm.transform.Pass:
+def pipeline(target="llvm", **patch) -> tvm.transform.Pass:
     """tvm_patch's passes followed by Relax's default lowering for `target`."""
     target = tvm.target.Target(target) if isinstance(target, (str, dict)) else target
-    return tvm.transform.Sequential([*passes(), relax.get_default_pipeline(target)],
+    return tvm.transform.Sequential([*passes(**patch), relax.get_default_pipeline(target)],
                                     name="tvm_patch")
 
 
-def build(mod, target: str = "host") -> HostModel:
+def build(mod, target: str = "host", **patch) -> HostModel:
+    """Compiles for the host over the arena plan; `patch` as for passes()."""
     if target not in HOST_TARGETS:
         raise ModelError(f"unknown target {target!r}: expected one of {', '.join(HOST_TARGETS)}")
-    for p in passes():
+    for p in passes(**patch):
         mod = p(mod)
     return HostModel(mod)

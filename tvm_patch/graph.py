@@ -23,6 +23,7 @@ Operator kinds and their attributes (all NHWC; weights are constant tensors):
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -131,3 +132,50 @@ def conv_out_size(in_size: int, kernel: int, stride: int, dilation: int, before:
                   after: int) -> int:
     eff = (kernel - 1) * dilation + 1
     return (in_size + before + after - eff) // stride + 1
+
+
+def to_record(graph: Graph) -> dict:
+    """The graph as JSON text plus its constant arrays, for carrying it inside an IRModule
+    (the patch pass re-plans the stage from the graph the module was emitted from)."""
+    tensors = [{"name": t.name, "shape": [int(d) for d in t.shape], "dtype": t.dtype,
+                "quant": None if t.quant is None else {
+                    "scale": [float(v) for v in t.quant.scale],
+                    "zero_point": [int(v) for v in t.quant.zero_point], "axis": t.quant.axis},
+                "const": t.is_const} for t in graph.tensors.values()]
+    ops = [{"kind": op.kind, "inputs": op.inputs, "outputs": op.outputs, "attrs": op.attrs,
+            "index": op.index, "source": op.source} for op in graph.ops]
+    text = json.dumps({"name": graph.name, "tensors": tensors, "ops": ops,
+                       "inputs": graph.inputs, "outputs": graph.outputs}, default=_plain)
+    return {"json": text, "data": {t.name: t.data for t in graph.tensors.values() if t.is_const}}
+
+
+def from_record(text: str, data: dict) -> Graph:
+    rec = json.loads(text)
+    tensors = {}
+    for t in rec["tensors"]:
+        q = t["quant"]
+        tensors[t["name"]] = Tensor(
+            t["name"], tuple(t["shape"]), t["dtype"],
+            None if q is None else Quant(np.array(q["scale"], np.float32),
+                                         np.array(q["zero_point"], np.int64), q["axis"]),
+            np.asarray(data[t["name"]]) if t["const"] else None)
+    ops = [Op(o["kind"], o["inputs"], o["outputs"], _tuples(o["attrs"]), o["index"],
+              o["source"]) for o in rec["ops"]]
+    return Graph(tensors, ops, rec["inputs"], rec["outputs"], rec["name"])
+
+
+def _plain(v):
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    raise TypeError(f"cannot record {type(v).__name__}")
+
+
+def _tuples(v):
+    """JSON lists back to the tuples the front ends write."""
+    if isinstance(v, dict):
+        return {k: _tuples(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return tuple(_tuples(x) for x in v)
+    return v

@@ -39,6 +39,7 @@ class Step:
     scratch: str | None
     macs: int
     op: dict
+    workspace: bool = False   # scratch passed as the kernel's last parameter
 
 
 @dataclass
@@ -59,75 +60,115 @@ def _align(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
-def _nbytes(ty) -> int:
-    shape = [int(d) for d in ty.shape.values]
-    return int(np.prod(shape, dtype=np.int64)) * np.dtype(str(ty.dtype)).itemsize
+@dataclass
+class Call:
+    """One binding of `main`, as the planner sees it: a kernel call (inputs are value names,
+    constants are arrays) or a view (reshape / tuple item) of an earlier value."""
+    name: str
+    shape: tuple
+    dtype: str
+    inputs: list
+    consts: list = field(default_factory=list)
+    func: str = ""
+    scratch_bytes: int = 0
+    inplace: bool = False
+    workspace: bool = False       # the kernel takes its scratch as its last parameter
+    macs: int = 0
+    op: dict = field(default_factory=dict)
+    view: bool = False
 
 
 def plan_memory(mod, exclude_io: bool = False) -> Plan:
     """The plan for mod["main"]; exclude_io leaves model inputs and outputs out of the
     arena (the rule TVM's workspace, msf-CNN and MCUNetV2's 172 kB figure use)."""
+    params, calls, outputs = calls_of(mod)
+    return plan_calls(params, calls, outputs, exclude_io)
+
+
+def calls_of(mod) -> tuple:
+    """(params as (name, shape, dtype), calls, output value names) of mod["main"]."""
     func = mod["main"]
+    params = [(p.name, _shape(p.ty), str(p.ty.dtype)) for p in func.params]
+    calls = []
+    for block in func.body.blocks:
+        for binding in block.bindings:
+            name, value, ty = binding.var.name, binding.value, binding.var.ty
+            if isinstance(value, tvm.ir.expr.Var):  # output alias emitted by the dataflow block
+                calls.append(Call(name, None, None, [value.name], view=True))
+                continue
+            if isinstance(value, relax.TupleGetItem):  # (output, workspace) of a stage
+                calls.append(Call(name, _shape(ty), str(ty.dtype), [value.tuple_value.name],
+                                  view=True))
+                continue
+            if value.op.name == "relax.reshape":
+                calls.append(Call(name, _shape(ty), str(ty.dtype), [value.args[0].name],
+                                  view=True))
+                continue
+            if value.op.name != "relax.call_tir":
+                raise ValueError(f"unexpected Relax operation {value.op.name} in main")
+            gv, args = value.args[0], value.args[1].fields
+            prim = mod[gv]
+            attrs = prim.attrs or {}
+            out_ty = ty.fields[0] if isinstance(ty, relax.TupleType) else ty
+            calls.append(Call(
+                name, _shape(out_ty), str(out_ty.dtype),
+                [a.name for a in args if not isinstance(a, tvm.ir.expr.GenericConst)],
+                [a.value.numpy() for a in args if isinstance(a, tvm.ir.expr.GenericConst)],
+                gv.name_hint, int(attrs.get("tvm_patch.scratch_bytes", 0)),
+                bool(int(attrs.get("tvm_patch.inplace", 0))),
+                bool(int(attrs.get("tvm_patch.workspace", 0))),
+                int(attrs.get("tvm_patch.macs", 0)),
+                json.loads(str(attrs["tvm_patch.op"])) if "tvm_patch.op" in attrs
+                else {"kind": gv.name_hint}))
+    ret = func.body.body
+    outputs = [f.name for f in ret.fields] if isinstance(ret, relax.Tuple) else [ret.name]
+    return params, calls, outputs
+
+
+def plan_calls(params: list, calls: list, outputs: list, exclude_io: bool = False) -> Plan:
     buffers, views, steps, constants = {}, {}, [], []
-    params = [p.name for p in func.params]
-    for p in func.params:
-        buffers[p.name] = Buffer(p.name, _nbytes(p.ty), 0, 0, "input")
-        views[p.name] = (p.name, _shape(p.ty), str(p.ty.dtype))
+    for name, shape, dtype in params:
+        buffers[name] = Buffer(name, _bytes(shape, dtype), 0, 0, "input")
+        views[name] = (name, shape, dtype)
 
     def use(name, step):
         buf = buffers[views[name][0]]
         buf.end = max(buf.end, step)
 
-    for block in func.body.blocks:
-        for binding in block.bindings:
-            name, value = binding.var.name, binding.value
-            if isinstance(value, tvm.ir.expr.Var):  # output alias emitted by the dataflow block
-                views[name] = views[value.name]
-                continue
-            if value.op.name == "relax.reshape":
-                views[name] = (views[value.args[0].name][0], _shape(binding.var.ty),
-                               str(binding.var.ty.dtype))
-                continue
-            if value.op.name != "relax.call_tir":
-                raise ValueError(f"unexpected Relax operation {value.op.name} in main")
-            step = len(steps)
-            gv, args = value.args[0], value.args[1].fields
-            prim = mod[gv]
-            ins, consts = [], []
-            for a in args:
-                if isinstance(a, tvm.ir.expr.GenericConst):
-                    consts.append(len(constants))
-                    constants.append(a.value.numpy())
-                else:
-                    ins.append(a.name)
-                    use(a.name, step)
-            inplace = prim.attrs and int(prim.attrs.get("tvm_patch.inplace", 0))
-            buffers[name] = Buffer(name, _nbytes(binding.var.ty), step, step, "activation",
-                                   anchor=views[ins[0]][0] if inplace else "")
-            views[name] = (name, _shape(binding.var.ty), str(binding.var.ty.dtype))
-            scratch_bytes = int(prim.attrs.get("tvm_patch.scratch_bytes", 0)) \
-                if prim.attrs else 0
-            scratch = None
-            if scratch_bytes:
-                scratch = f"{name}__scratch"
-                buffers[scratch] = Buffer(scratch, scratch_bytes, step, step, "scratch")
-            op = json.loads(str(prim.attrs["tvm_patch.op"])) if prim.attrs and \
-                "tvm_patch.op" in prim.attrs else {"kind": gv.name_hint}
-            steps.append(Step(gv.name_hint, ins, consts, name, scratch,
-                              int(prim.attrs.get("tvm_patch.macs", 0)) if prim.attrs else 0, op))
-    ret = func.body.body
-    outputs = [f.name for f in ret.fields] if isinstance(ret, relax.Tuple) else \
-        [ret.name]
+    for call in calls:
+        if call.view:
+            src = views[call.inputs[0]]
+            views[call.name] = src if call.shape is None else (src[0], call.shape, call.dtype)
+            continue
+        step = len(steps)
+        for n in call.inputs:
+            use(n, step)
+        consts = list(range(len(constants), len(constants) + len(call.consts)))
+        constants.extend(call.consts)
+        buffers[call.name] = Buffer(call.name, _bytes(call.shape, call.dtype), step, step,
+                                    "activation",
+                                    anchor=views[call.inputs[0]][0] if call.inplace else "")
+        views[call.name] = (call.name, call.shape, call.dtype)
+        scratch = None
+        if call.scratch_bytes:
+            scratch = f"{call.name}__scratch"
+            buffers[scratch] = Buffer(scratch, call.scratch_bytes, step, step, "scratch")
+        steps.append(Step(call.func, list(call.inputs), consts, call.name, scratch,
+                          call.macs, call.op, call.workspace))
     last = max(len(steps) - 1, 0)
     for o in outputs:
         buf = buffers[views[o][0]]
         buf.end = last
         if buf.kind != "input":
             buf.kind = "output"
-    plan = Plan(buffers, steps, views, params, outputs, constants=constants)
+    plan = Plan(buffers, steps, views, [p[0] for p in params], outputs, constants=constants)
     placed = [b for b in buffers.values() if not (exclude_io and b.kind in ("input", "output"))]
     plan.arena_bytes = place(placed)
     return plan
+
+
+def _bytes(shape, dtype) -> int:
+    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
 
 
 def _shape(ty) -> tuple:

@@ -123,7 +123,9 @@ def _layer(plan: Plan, k: int, step) -> Layer:
     in_sizes = [_bytes(plan, n) for n in step.inputs]
     out = _bytes(plan, step.output)
     kind = step.op.get("kind", step.func)
-    if kind == "depthwise_conv2d":
+    if kind == "patch_stage":  # per tile, computed by the stage plan (passes/stage.py)
+        paper = step.op["attrs"]["paper_bytes"]
+    elif kind == "depthwise_conv2d":
         paper = max(in_sizes[0], out)
     elif kind == "add":  # the shortcut operand is not counted
         paper = max(in_sizes) + out if in_sizes else out

@@ -94,15 +94,20 @@ def scratch_bytes(func: tirx.PrimFunc) -> int:
     """Arena bytes the kernel needs for itself: every buffer of more than one element that
     its lowered, compacted TIR allocates. One-element buffers become C locals (registers
     or stack; the device measures the stack by painting), not arena space."""
+    return sum(allocated_buffers(func).values())
+
+
+def allocated_buffers(func: tirx.PrimFunc) -> dict:
+    """Buffer name -> bytes, for each buffer of more than one element in the compacted TIR."""
     if not _allocations(func.body):
-        return 0
+        return {}
     mod = tvm.IRModule({"main": func})
     mod = tvm.transform.Sequential([
         s_tir.transform.LowerInitBlock(), s_tir.transform.PlanAndUpdateBufferAllocationLocation(),
         s_tir.transform.ConvertBlocksToOpaque(), s_tir.transform.CompactBufferAllocation(),
     ])(mod)
-    return sum(buffer_bytes(b) for b in _allocations(mod["main"].body)
-               if int(np.prod([int(d) for d in b.shape])) > 1)
+    return {b.name: buffer_bytes(b) for b in _allocations(mod["main"].body)
+            if int(np.prod([int(d) for d in b.shape])) > 1}
 
 
 def _allocations(body) -> list:

@@ -50,6 +50,9 @@ class HostModel:
             args = [_tensor(self._view(n)) for n in step.inputs]
             args += [self._consts[i] for i in step.consts]
             args.append(_tensor(self._view(step.output)))
+            if step.workspace:
+                ws = self.plan.buffers[step.scratch]
+                args.append(_tensor(self.arena[ws.offset:ws.offset + ws.nbytes].view(np.int8)))
             self._funcs[step.func](*args)
         return [self._view(n).copy() for n in self.plan.outputs]
 
