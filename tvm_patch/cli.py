@@ -22,12 +22,19 @@ def main(argv=None) -> int:
     p.add_argument("model")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plot", metavar="FILE", help="write a PNG of per-layer memory")
+    _patch_options(p)
+
+    p = sub.add_parser("build", help="compile for the host and report the schedule")
+    p.add_argument("model")
+    p.add_argument("--json", action="store_true")
+    _patch_options(p)
 
     p = sub.add_parser("run", help="compile for the host and run one input")
     p.add_argument("model")
     p.add_argument("--input", required=True, metavar="X.npy")
     p.add_argument("--output", required=True, metavar="Y.npy")
     p.add_argument("--json", action="store_true")
+    _patch_options(p)
 
     p = sub.add_parser("zoo", help="write an int8 .tflite from the zoo or an MCUNet config")
     p.add_argument("name", metavar="NAME_OR_CONFIG")
@@ -41,38 +48,120 @@ def main(argv=None) -> int:
 
     args = parser.parse_args(argv)
     try:
-        return {"profile": _profile, "run": _run, "zoo": _zoo, "demo": _demo}[args.command](args)
+        return {"profile": _profile, "build": _build, "run": _run, "zoo": _zoo,
+                "demo": _demo}[args.command](args)
     except ModelError as e:
         print(f"tvm-patch: error: {e}", file=sys.stderr)
         return 2
 
 
+def _patch_options(p):
+    g = p.add_argument_group("patch-based inference (any of these enables it)")
+    g.add_argument("--patches", type=_int_or_auto, metavar="P|auto",
+                   help="tiles per side of the patch grid")
+    g.add_argument("--split", type=_int_or_auto, metavar="K|auto",
+                   help="convolution layers fused into the patch stage")
+    g.add_argument("--sram", type=int, metavar="BYTES",
+                   help="choose the fewest MACs whose arena fits in BYTES")
+    g.add_argument("--max-mac-overhead", type=float, default=1.2, metavar="F",
+                   help="auto: whole-network MAC factor allowed (default 1.2)")
+    g.add_argument("--objective", choices=("arena", "arena_excl_io"), default="arena",
+                   help="auto: the accounting rule to minimise (default arena)")
+
+
+def _int_or_auto(text):
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}")
+
+
+def _modules(args):
+    """(module to compile, layer-by-layer module, schedule dict or None)."""
+    from . import load
+    base = load(args.model)
+    if args.patches is None and args.split is None and args.sram is None:
+        return base, base, None
+    from .passes import PatchBasedInference
+    mod = PatchBasedInference(split=args.split or "auto", patches=args.patches or "auto",
+                              sram=args.sram, max_mac_overhead=args.max_mac_overhead,
+                              objective=args.objective)(base)
+    return mod, base, json.loads(str(mod["main"].attrs["tvm_patch.stage"]))
+
+
+def _schedule_fields(schedule) -> dict:
+    if schedule is None or not schedule["patches"]:
+        return {"patches": None, "split": None, "input_tile_hw": None, "macs_overhead": 1.0,
+                "note": schedule["note"] if schedule else "layer by layer"}
+    return {k: schedule[k] for k in ("patches", "split", "input_tile_hw", "macs_overhead",
+                                      "stage_macs_overhead", "note")}
+
+
+def _schedule_line(schedule, before, after) -> str:
+    if schedule is None:
+        return "schedule: layer by layer"
+    if not schedule["patches"]:
+        return f"schedule: layer by layer ({schedule['note']})"
+    h, w = schedule["input_tile_hw"]
+    return (f"schedule: {schedule['patches']}x{schedule['patches']} patches over the first "
+            f"{schedule['split']} convolution layers, input tile {h}x{w}, MACs x"
+            f"{schedule['macs_overhead']:.4f} (stage x{schedule['stage_macs_overhead']:.4f})\n"
+            f"arena {before.arena_bytes:,} -> {after.arena_bytes:,} B | arena_excl_io "
+            f"{before.arena_excl_io_bytes:,} -> {after.arena_excl_io_bytes:,} B | paper_analytic "
+            f"{before.paper_analytic_bytes:,} -> {after.paper_analytic_bytes:,} B")
+
+
 def _profile(args) -> int:
-    from . import load, profile
-    prof = profile(load(args.model))
+    from . import profile
+    mod, base, schedule = _modules(args)
+    prof = profile(mod)
+    before = profile(base) if schedule else prof
     if args.plot:
-        prof.plot(args.plot)
+        prof.plot(args.plot, others={"layer by layer": before} if schedule else None)
     if args.json:
-        print(prof.to_json())
+        print(json.dumps(prof.as_dict() | _schedule_fields(schedule)))
     else:
         print(prof.table())
+        print(_schedule_line(schedule, before, prof))
         if args.plot:
             print(f"plot: {args.plot}")
     return 0
 
 
+def _build(args) -> int:
+    from . import build, profile
+    t = time.perf_counter()
+    mod, base, schedule = _modules(args)
+    build(mod)
+    seconds = time.perf_counter() - t
+    prof = profile(mod)
+    summary = prof.as_dict()
+    summary.pop("layers")
+    summary |= _schedule_fields(schedule) | {"compile_seconds": round(seconds, 2)}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(_schedule_line(schedule, profile(base) if schedule else prof, prof))
+        print(f"arena {prof.arena_bytes:,} B | arena_excl_io {prof.arena_excl_io_bytes:,} B | "
+              f"MACs {prof.macs:,} | compiled for the host in {seconds:.1f} s")
+    return 0
+
+
 def _run(args) -> int:
-    from . import build, load, profile
+    from . import build, profile
     try:
         x = np.load(args.input)
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot read input {args.input}: {e}") from None
-    mod = load(args.model)
+    mod, _, schedule = _modules(args)
     outputs = build(mod).run(x)
     np.save(args.output, outputs[0])
     if args.json:
         prof = profile(mod).as_dict()
         prof.pop("layers")
+        prof |= _schedule_fields(schedule)
         prof["outputs"] = [o.tolist() for o in outputs]
         prof["output_file"] = args.output
         print(json.dumps(prof))
@@ -94,6 +183,7 @@ def _zoo(args) -> int:
 
 def _demo(args) -> int:
     from . import build, load, profile, reference, zoo
+    from .passes import PatchBasedInference
     os.makedirs(args.out, exist_ok=True)
     model = os.path.join(args.out, "demo.tflite")
     zoo.save("demo", model)
@@ -101,30 +191,39 @@ def _demo(args) -> int:
     t = time.time()
     mod = load(model)
     prof = profile(mod)
-    print(f"2. imported into Relax and planned ({time.time() - t:.1f} s)\n")
+    print(f"2. layer by layer: imported into Relax and planned ({time.time() - t:.1f} s)\n")
     print(prof.table())
-    plot = prof.plot(os.path.join(args.out, "demo_memory.png"))
-    print(f"\n   per-layer memory plot: {plot}")
     t = time.time()
-    compiled = build(mod)
-    print(f"3. compiled for the host ({time.time() - t:.1f} s)")
+    patched = PatchBasedInference(split="auto", patches="auto")(mod)
+    schedule = json.loads(str(patched["main"].attrs["tvm_patch.stage"]))
+    after = profile(patched)
+    print(f"\n3. patch-based, (patches, split) chosen by the planner ({time.time() - t:.1f} s)\n")
+    print(after.table())
+    print(_schedule_line(schedule, prof, after))
+    plot = after.plot(os.path.join(args.out, "demo_memory.png"),
+                      title="demo: memory per layer, patch-based vs layer by layer",
+                      others={"layer by layer": prof})
+    print(f"   per-layer memory plot (before and after): {plot}")
+    t = time.time()
+    compiled = {"layer by layer": build(mod), "patch-based": build(patched)}
+    print(f"4. compiled both for the host ({time.time() - t:.1f} s)")
     with open(model, "rb") as f:
         data = f.read()
     rng = np.random.default_rng(0)
-    shape, dtype = compiled.input_specs[0]
+    shape, dtype = compiled["layer by layer"].input_specs[0]
     same = 0
     for trial in range(3):
         x = rng.integers(-128, 128, shape).astype(dtype)
-        ours = compiled.run(x)[0]
         ref = reference.run(data, [x])[0]
-        same += int(np.array_equal(ours, ref))
-        print(f"   input {trial}: tvm_patch {ours.ravel().tolist()}  "
-              f"TFLite Micro {ref.ravel().tolist()}")
+        outs = {name: c.run(x)[0] for name, c in compiled.items()}
+        same += int(all(np.array_equal(o, ref) for o in outs.values()))
+        print(f"   input {trial}: TFLite Micro {ref.ravel().tolist()}  " + "  ".join(
+            f"{name} {o.ravel().tolist()}" for name, o in outs.items()))
     tflm = reference.arena(data)
-    print(f"4. bit-exact with TFLite Micro on {same}/3 inputs")
-    print(f"   arena {prof.arena_bytes:,} B (TFLite Micro activations {tflm['head']:,} B), "
-          f"arena_excl_io {prof.arena_excl_io_bytes:,} B, "
-          f"paper_analytic {prof.paper_analytic_bytes:,} B, MACs {prof.macs:,}")
+    print(f"5. both bit-exact with TFLite Micro on {same}/3 inputs")
+    print(f"   TFLite Micro activations {tflm['head']:,} B | layer by layer arena "
+          f"{prof.arena_bytes:,} B | patch-based arena {after.arena_bytes:,} B "
+          f"(arena_excl_io {after.arena_excl_io_bytes:,} B, MACs x{schedule['macs_overhead']:.3f})")
     return 0 if same == 3 else 1
 
 

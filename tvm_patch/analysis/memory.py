@@ -164,6 +164,15 @@ def plan_calls(params: list, calls: list, outputs: list, exclude_io: bool = Fals
     plan = Plan(buffers, steps, views, [p[0] for p in params], outputs, constants=constants)
     placed = [b for b in buffers.values() if not (exclude_io and b.kind in ("input", "output"))]
     plan.arena_bytes = place(placed)
+    if exclude_io:  # the full plan without its io buffers is a valid plan too: keep the better
+        own = {id(b): b.offset for b in placed}
+        place(list(buffers.values()))
+        footprint = max((b.offset + _align(b.nbytes) for b in placed), default=0)
+        if footprint < plan.arena_bytes:
+            plan.arena_bytes = footprint
+        else:
+            for b in placed:
+                b.offset = own[id(b)]
     return plan
 
 

@@ -31,6 +31,7 @@ class Layer:
     scratch_bytes: int
     live_bytes: int     # arena bytes occupied by the buffers live during this layer
     paper_bytes: int    # this layer under the paper_analytic rule
+    fused: int = 1      # operators of the source model this layer runs (a patch stage: many)
 
 
 @dataclass
@@ -75,12 +76,17 @@ class Profile:
         series = {"": self} | (others or {})
         fig, ax = plt.subplots(figsize=(11, 4.2))
         for k, (label, prof) in enumerate(series.items()):
-            xs = range(len(prof.layers))
+            xs, x = [], 0  # a fused patch stage spans the positions of its operators
+            for layer in prof.layers:
+                xs.append(x)
+                x += layer.fused
             tag = f" {label}" if label else ""
             ax.bar(xs, [layer.live_bytes / 1024 for layer in prof.layers], alpha=0.55,
+                   width=[layer.fused * 0.8 for layer in prof.layers], align="edge",
                    color=f"C{2 * k}",
                    label=f"live arena bytes{tag} (peak {prof.arena_bytes / 1024:.1f} kB)")
-            ax.plot(xs, [layer.paper_bytes / 1024 for layer in prof.layers], lw=1.4,
+            centers = [x + layer.fused * 0.4 for x, layer in zip(xs, prof.layers)]
+            ax.plot(centers, [layer.paper_bytes / 1024 for layer in prof.layers], lw=1.4,
                     color=f"C{2 * k + 1}",
                     label=f"paper rule in+out{tag} (peak {prof.paper_analytic_bytes / 1024:.1f}"
                     " kB)")
@@ -123,8 +129,10 @@ def _layer(plan: Plan, k: int, step) -> Layer:
     in_sizes = [_bytes(plan, n) for n in step.inputs]
     out = _bytes(plan, step.output)
     kind = step.op.get("kind", step.func)
+    fused = 1
     if kind == "patch_stage":  # per tile, computed by the stage plan (passes/stage.py)
         paper = step.op["attrs"]["paper_bytes"]
+        fused = len(step.op["attrs"]["ops"])
     elif kind == "depthwise_conv2d":
         paper = max(in_sizes[0], out)
     elif kind == "add":  # the shortcut operand is not counted
@@ -135,4 +143,4 @@ def _layer(plan: Plan, k: int, step) -> Layer:
     scratch = plan.buffers[step.scratch].nbytes if step.scratch else 0
     return Layer(step.op.get("index", k), kind, step.op.get("source", ""),
                  [list(plan.views[n][1]) for n in step.inputs], list(plan.views[step.output][1]),
-                 step.macs, sum(in_sizes), out, scratch, live, paper)
+                 step.macs, sum(in_sizes), out, scratch, live, paper, fused)

@@ -1,0 +1,317 @@
+"""Patch-based inference per model: the layer-by-layer baseline, the schedule the "auto"
+search picks under a MAC cap for each objective, the fixed schedules of the MCUNetV2 paper
+and of the issue, the anchors of the literature beside ours, and the compile time of the
+whole pipeline.
+
+    python benchmarks/patch.py [--quick] [--models DIR] [--mac-cap 1.2]
+
+Accounting rules (bytes; 1 kB = 1024 B):
+  arena           the one static arena the generated code uses: model input and output,
+                  intermediates, tile buffers, kernel scratch (plan over tensor lifetimes)
+  arena_excl_io   the same plan without the model input and output buffers (how TVM's
+                  workspace, msf-CNN, TinyEngine and MCUNetV2's 172 kB figure count)
+  paper_analytic  MCUNetV2's rule: per layer input + output, depthwise in place, residual
+                  shortcut not counted; in the patch stage per tile, plus the full stage output
+MAC factors: "net" = whole network MACs / layer-by-layer MACs; "stage" = the patch stage's
+loop nest (halos recomputed) / the same operators run layer by layer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # benchmark the checkout this script belongs to
+
+import tvm_patch  # noqa: E402
+from tvm_patch import zoo  # noqa: E402
+from tvm_patch.frontend import load  # noqa: E402
+from tvm_patch.frontend.relax_emit import graph_of  # noqa: E402
+from tvm_patch.passes import PatchBasedInference, plan_stage  # noqa: E402
+
+DEFAULT_MODELS = os.environ.get("TVM_PATCH_MODELS",
+                                os.path.join(os.path.dirname(ROOT), "shared", "models"))
+
+# label -> where the model comes from: ("zoo", name, resolution, width), ("tflite", file)
+# or ("config", file in configs/); quick runs keep the first three
+MODELS = {
+    "mcunet-vww1 r80": ("tflite", "mcunet-vww1.tflite"),
+    "mbv2-w0.35-r144 (zoo)": ("zoo", "mobilenetv2", 144, 0.35),
+    "mcunet-10fps r48": ("config", "mcunet-10fps_imagenet.json"),
+    "mlperf-vww mbv1-0.25 r96": ("tflite", "mlperf-vww-mobilenetv1-0.25-96.tflite"),
+    "mcunet-5fps r96": ("config", "mcunet-5fps_imagenet.json"),
+    "mcunet-in3 (320kb-1mb) r176": ("config", "mcunet-320kb-1mb_imagenet.json"),
+    "mbv2-w1.0-r224 (zoo)": ("zoo", "mobilenetv2", 224, 1.0),
+}
+QUICK = 3
+
+# GUIDE section 9. (model, who, bytes, whole-network MAC factor, our rule to compare with)
+PER_LAYER_ANCHORS = {
+    "mcunet-vww1 r80": "TinyEngine arena 93,992 (vs arena_excl_io)",
+    "mbv2-w0.35-r144 (zoo)": "msf-CNN 194,400 (vs arena_excl_io)",
+    "mcunet-in3 (320kb-1mb) r176": "msf-CNN 309,760 (vs arena_excl_io)",
+    "mbv2-w1.0-r224 (zoo)": "paper rule 1372 kB (vs paper_analytic)",
+}
+PATCH_ANCHORS = [
+    ("mcunet-vww1 r80", "TinyEngine p=2, 5 ops", 62_352, 1.0285, "arena_excl_io"),
+    ("mcunet-vww1 r80", "msf-CNN", 26_240, 1.11, "arena_excl_io"),
+    ("mbv2-w0.35-r144 (zoo)", "msf-CNN", 21_389, 1.30, "arena_excl_io"),
+    ("mcunet-in3 (320kb-1mb) r176", "msf-CNN", 94_224, 1.45, "arena_excl_io"),
+    ("mcunet-in3 (320kb-1mb) r176", "MCUNetV2 (~215 kB)", 215 * 1024, None, "arena_excl_io"),
+    ("mbv2-w1.0-r224 (zoo)", "MCUNetV2 p=4, 5 blocks", 172 * 1024, None, "paper_analytic"),
+]
+# fixed schedules: (label, patches, split, what the paper / issue reports)
+FIXED = [
+    ("mbv2-w1.0-r224 (zoo)", 4, 12,
+     "MCUNetV2: paper rule 1372 kB -> 172 kB, stage MACs +42% (+18% redistributed)"),
+    ("mcunet-vww1 r80", 2, 5, "TinyEngine: 62,352 B, +2.85% MACs"),
+]
+COMPILE_MODEL = ("mcunet-vww1 r80", 2, 5)
+
+
+def table(header: list, rows: list) -> str:
+    """A plain-text table: first column left-aligned, the others right-aligned."""
+    cells = [[str(c) for c in row] for row in [header] + rows]
+    widths = [max(len(row[k]) for row in cells) for k in range(len(header))]
+
+    def line(row):
+        return "  ".join(c.ljust(w) if k == 0 else c.rjust(w)
+                         for k, (c, w) in enumerate(zip(row, widths))).rstrip()
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(cells[0]), rule] + [line(r) for r in cells[1:]])
+
+
+def b(n: int) -> str:
+    return f"{n:,}"
+
+
+def kb(n: int) -> str:
+    return f"{n / 1024:.1f} kB"
+
+
+def pct(new: int, old: int) -> str:
+    return f"{100 * (new - old) / old:+.0f}%"
+
+
+def hw(shape) -> str:
+    return "x".join(str(int(d)) for d in shape)
+
+
+class Bench:
+    """Loads each model once and keeps its module, graph and layer-by-layer profile."""
+
+    def __init__(self, models_dir: str):
+        self.models_dir = models_dir
+        self.cache = {}
+
+    def source(self, label: str):
+        kind, *args = MODELS[label]
+        if kind == "zoo":
+            name, resolution, width = args
+            return zoo.build(name, resolution=resolution, width=width)
+        sub = "configs" if kind == "config" else ""
+        path = os.path.join(self.models_dir, sub, args[0])
+        return zoo.build(path) if kind == "config" else path
+
+    def available(self, label: str) -> bool:
+        kind, *args = MODELS[label]
+        sub = "configs" if kind == "config" else ""
+        return kind == "zoo" or os.path.exists(os.path.join(self.models_dir, sub, args[0]))
+
+    def model(self, label: str) -> dict:
+        if label not in self.cache:
+            t = time.perf_counter()
+            src = self.source(label)
+            t_source = time.perf_counter() - t
+            t = time.perf_counter()
+            mod = load(src)
+            t_load = time.perf_counter() - t
+            self.cache[label] = {"mod": mod, "graph": graph_of(mod), "source_s": t_source,
+                                 "load_s": t_load, "profile": tvm_patch.profile(mod),
+                                 "patched": {}}
+        return self.cache[label]
+
+    def patched(self, label: str, split="auto", patches="auto", cap=1.2, objective="arena"):
+        """(stage attribute, profile, pass seconds) of one schedule, cached."""
+        entry = self.model(label)
+        key = (split, patches, cap, objective)
+        if key not in entry["patched"]:
+            t = time.perf_counter()
+            pm = PatchBasedInference(split=split, patches=patches, max_mac_overhead=cap,
+                                     objective=objective)(entry["mod"])
+            seconds = time.perf_counter() - t
+            attr = json.loads(str(pm["main"].attrs["tvm_patch.stage"]))
+            entry["patched"][key] = (attr, tvm_patch.profile(pm), seconds)
+        return entry["patched"][key]
+
+
+def schedule(attr: dict) -> tuple:
+    if attr["patches"] == 0:
+        return "layer by layer", "-"
+    return f"P={attr['patches']} K={attr['split']}", hw(attr["input_tile_hw"])
+
+
+def consistency(label: str, what: str, attr: dict, prof) -> list:
+    """The pass's planned numbers must be what the emitted module's plan gives."""
+    issues = []
+    for key, got in (("arena_bytes", prof.arena_bytes),
+                     ("arena_excl_io_bytes", prof.arena_excl_io_bytes), ("macs", prof.macs)):
+        if attr[key] != got:
+            issues.append(f"{label} {what}: pass attribute {key}={attr[key]:,} but "
+                          f"profile of the emitted module gives {got:,}")
+    return issues
+
+
+def layer_by_layer(bench: Bench, labels: list) -> None:
+    rows = []
+    for label in labels:
+        m = bench.model(label)
+        p, g = m["profile"], m["graph"]
+        rows.append([label, hw(g.t(g.inputs[0]).shape) + " " + g.t(g.inputs[0]).dtype,
+                     b(p.arena_bytes), b(p.arena_excl_io_bytes), b(p.paper_analytic_bytes),
+                     b(p.macs), f"{m['source_s'] + m['load_s']:.1f}",
+                     PER_LAYER_ANCHORS.get(label, "")])
+    print("Layer by layer (bytes)")
+    print(table(["model", "input", "arena", "arena_excl_io", "paper_analytic", "MACs",
+                 "build+load s", "per-layer anchor"], rows))
+
+
+def auto(bench: Bench, labels: list, cap: float, issues: list) -> None:
+    for objective in ("arena", "arena_excl_io"):
+        rows = []
+        for label in labels:
+            attr, prof, seconds = bench.patched(label, cap=cap, objective=objective)
+            base = bench.model(label)["profile"]
+            sched, tile = schedule(attr)
+            issues += consistency(label, f"auto/{objective}", attr, prof)
+            rows.append([label, sched, tile, b(prof.arena_bytes),
+                         pct(prof.arena_bytes, base.arena_bytes),
+                         b(prof.arena_excl_io_bytes),
+                         pct(prof.arena_excl_io_bytes, base.arena_excl_io_bytes),
+                         b(prof.paper_analytic_bytes), f"{attr['macs_overhead']:.3f}",
+                         f"{attr['stage_macs_overhead']:.3f}", f"{seconds:.1f}"])
+            if attr["note"]:
+                rows[-1][1] += " *"
+        print(f"\nPatch-based, auto (P, K), net MAC factor <= {cap}, objective "
+              f"'{objective}' (bytes; % vs layer by layer)")
+        print(table(["model", "schedule", "input tile", "arena", "", "arena_excl_io", "",
+                     "paper_analytic", "MAC x net", "MAC x stage", "search s"], rows))
+        notes = [f"  * {label}: {bench.patched(label, cap=cap, objective=objective)[0]['note']}"
+                 for label in labels
+                 if bench.patched(label, cap=cap, objective=objective)[0]["note"]]
+        if notes:
+            print("\n".join(notes))
+
+
+def anchors(bench: Bench, labels: list, cap: float) -> None:
+    """Each literature figure beside ours under the same rule, at our cap and at the
+    anchor's own MAC factor (when it gives one)."""
+    rows = []
+    for label, who, nbytes, factor, rule in PATCH_ANCHORS:
+        if label not in labels:
+            continue
+        key = {"arena_excl_io": "arena_excl_io_bytes",
+               "paper_analytic": "paper_analytic_bytes"}[rule]
+        objective = "arena_excl_io"
+        ours = []
+        for c in (cap, factor):
+            if c is None:
+                ours += ["", ""]
+                continue
+            attr, prof, _ = bench.patched(label, cap=c, objective=objective)
+            ours += [f"{b(getattr(prof, key))} ({schedule(attr)[0]}, {attr['macs_overhead']:.3f}x)",
+                     pct(getattr(prof, key), nbytes)]
+        rows.append([label, who, rule, f"{b(nbytes)} ({kb(nbytes)})",
+                     f"{factor:.4g}x" if factor else "-", *ours])
+    print("\nAnchors (GUIDE section 9) beside ours, same rule; ours searched with objective "
+          "'arena_excl_io'")
+    print(table(["model", "anchor", "rule", "anchor bytes", "anchor MAC x",
+                 f"ours, cap {cap}", "vs anchor", "ours, cap = anchor MAC x", "vs anchor"],
+                rows))
+    print("  MCUNetV2's figures have no MAC factor at the same schedule: see the fixed "
+          "schedules below.")
+
+
+def fixed(bench: Bench, labels: list, issues: list) -> None:
+    print("\nFixed schedules (bytes)")
+    for label, patches, split, paper in FIXED:
+        if label not in labels:
+            continue
+        m = bench.model(label)
+        attr, prof, _ = bench.patched(label, split=split, patches=patches)
+        issues += consistency(label, f"P={patches} K={split}", attr, prof)
+        stage = plan_stage(m["graph"], split, patches)
+        base = m["profile"]
+        out = m["graph"].t(stage.output)
+        print(f"\n{label}, P={patches} K={split}: {len(stage.ops)} operators fused, stage output "
+              f"{hw(out.shape)}, input tile {hw(stage.input_tile_hw)}, tile buffers "
+              f"{b(stage.workspace)} B")
+        print(f"  paper / issue: {paper}")
+        rows = [[rule, b(before), b(after), kb(before) if rule != "MACs" else "",
+                 kb(after) if rule != "MACs" else "", pct(after, before)]
+                for rule, before, after in (
+                    ("arena", base.arena_bytes, prof.arena_bytes),
+                    ("arena_excl_io", base.arena_excl_io_bytes, prof.arena_excl_io_bytes),
+                    ("paper_analytic", base.paper_analytic_bytes, prof.paper_analytic_bytes),
+                    ("MACs", base.macs, prof.macs))]
+        print(table(["rule", "layer by layer", "patched", "layer by layer", "patched",
+                     "change"], rows))
+        print(f"  MAC factor: net {attr['macs_overhead']:.4f} ({100 * (attr['macs_overhead'] - 1):+.2f}%), "
+              f"stage {stage.mac_overhead:.4f} ({100 * (stage.mac_overhead - 1):+.2f}%); "
+              f"stage paper_analytic (per tile + full stage output) {b(stage.paper_bytes)} B")
+
+
+def compile_time(bench: Bench) -> None:
+    label, patches, split = COMPILE_MODEL
+    src = bench.source(label)
+    t0 = time.perf_counter()
+    mod = load(src)
+    t1 = time.perf_counter()
+    pm = PatchBasedInference(split=split, patches=patches)(mod)
+    t2 = time.perf_counter()
+    tvm_patch.build(pm)
+    t3 = time.perf_counter()
+    print(f"\nCompile time, {label} P={patches} K={split} (fresh load, host LLVM; seconds, "
+          f"{os.cpu_count()} cores)")
+    print(table(["step", "s"], [["load (.tflite -> Relax)", f"{t1 - t0:.1f}"],
+                                ["PatchBasedInference", f"{t2 - t1:.1f}"],
+                                ["tvm_patch.build (host compile)", f"{t3 - t2:.1f}"],
+                                ["total", f"{t3 - t0:.1f}"]]))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default=DEFAULT_MODELS, help="the shared models directory")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"the first {QUICK} models, no fixed MobileNetV2-1.0 schedule, "
+                             "no compile")
+    parser.add_argument("--mac-cap", type=float, default=1.2)
+    args = parser.parse_args()
+    start = time.perf_counter()
+    bench = Bench(args.models)
+    labels = list(MODELS)[:QUICK] if args.quick else list(MODELS)
+    missing = [lb for lb in labels if not bench.available(lb)]
+    labels = [lb for lb in labels if lb not in missing]
+    print(__doc__.split("\n\n", 2)[2].strip())
+    print(f"models: {args.models}" + (f" (missing, skipped: {', '.join(missing)})"
+                                      if missing else ""))
+    print()
+    issues: list = []
+    layer_by_layer(bench, labels)
+    auto(bench, labels, args.mac_cap, issues)
+    anchors(bench, labels, args.mac_cap)
+    fixed(bench, labels, issues)
+    if not args.quick and bench.available(COMPILE_MODEL[0]):
+        compile_time(bench)
+    print("\nConsistency (pass attribute vs profile of the emitted module): "
+          + ("all equal" if not issues else "\n  " + "\n  ".join(issues)))
+    print(f"\nTotal runtime {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
