@@ -44,3 +44,33 @@ def test_zoo_width_and_resolution(tmp_path):
     prof = json.loads(tvm_patch_cli("profile", str(model), "--json"))
     assert prof["layers"][0]["inputs"][0] == [1, 96, 96, 3]
     assert prof["layers"][0]["output"] == [1, 48, 48, 16]
+
+
+def test_patch_options_and_json(tmp_path):
+    model = tmp_path / "demo.tflite"
+    tvm_patch_cli("zoo", "demo", "-o", str(model))
+    prof = json.loads(tvm_patch_cli("profile", str(model), "--patches", "2", "--split", "3",
+                                    "--json"))
+    assert prof["patches"] == 2 and prof["split"] == 3
+    assert len(prof["input_tile_hw"]) == 2 and prof["macs_overhead"] > 1.0
+    assert prof["layers"][0]["kind"] == "patch_stage"
+
+    x = np.random.default_rng(5).integers(-128, 128, (1, 80, 80, 3)).astype(np.int8)
+    np.save(tmp_path / "x.npy", x)
+    res = json.loads(tvm_patch_cli("run", str(model), "--patches", "auto", "--split", "auto",
+                                   "--input", str(tmp_path / "x.npy"),
+                                   "--output", str(tmp_path / "y.npy"), "--json"))
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"),
+                                  reference.run(model.read_bytes(), [x])[0])
+    assert res["patches"] and res["split"]
+
+
+def test_patch_errors_are_one_line(tmp_path):
+    model = tmp_path / "demo.tflite"
+    tvm_patch_cli("zoo", "demo", "-o", str(model))
+    res = subprocess.run([sys.executable, "-m", "tvm_patch.cli", "build", str(model),
+                          "--split", "999", "--patches", "2"], capture_output=True, text=True)
+    assert res.returncode == 2 and "split=999" in res.stderr and "Traceback" not in res.stderr
+    res = subprocess.run([sys.executable, "-m", "tvm_patch.cli", "build", str(model),
+                          "--sram", "1000"], capture_output=True, text=True)
+    assert res.returncode == 2 and "cannot fit in 1,000 B" in res.stderr

@@ -16,6 +16,7 @@ import json
 from dataclasses import asdict, dataclass
 
 import tvm
+import tvm_ffi
 
 from ..analysis.memory import Call, calls_of, plan_calls
 from ..graph import Graph, ModelError
@@ -23,6 +24,9 @@ from ..kernels.lower import Kernel
 from .stage import CONVS, Stage, plan_stage, stage_ops
 
 MAX_PATCHES = 8
+
+# a ModelError raised inside the pass reaches the caller as itself, not as a RuntimeError
+tvm_ffi.register_error("ModelError", ModelError)
 
 
 @dataclass
