@@ -99,18 +99,22 @@ def scratch_bytes(func: tirx.PrimFunc) -> int:
 
 def allocated_buffers(func: tirx.PrimFunc) -> dict:
     """Buffer name -> bytes, for each buffer of more than one element in the compacted TIR."""
-    if not _allocations(func.body):
+    if not allocations(func.body):
         return {}
-    mod = tvm.IRModule({"main": func})
-    mod = tvm.transform.Sequential([
-        s_tir.transform.LowerInitBlock(), s_tir.transform.PlanAndUpdateBufferAllocationLocation(),
-        s_tir.transform.ConvertBlocksToOpaque(), s_tir.transform.CompactBufferAllocation(),
-    ])(mod)
-    return {b.name: buffer_bytes(b) for b in _allocations(mod["main"].body)
+    return {b.name: buffer_bytes(b) for b in allocations(compact(func).body)
             if int(np.prod([int(d) for d in b.shape])) > 1}
 
 
-def _allocations(body) -> list:
+def compact(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """The function with each allocation moved to where it is used and shrunk to the
+    region accessed there (TVM's own passes, as its lowering runs them)."""
+    return tvm.transform.Sequential([
+        s_tir.transform.LowerInitBlock(), s_tir.transform.PlanAndUpdateBufferAllocationLocation(),
+        s_tir.transform.ConvertBlocksToOpaque(), s_tir.transform.CompactBufferAllocation(),
+    ])(tvm.IRModule({"main": func}))["main"]
+
+
+def allocations(body) -> list:
     bufs = []
     tvm_ffi.structural_walk(body, [(s_tir.SBlock, lambda b: bufs.extend(b.alloc_buffers))],
                             order="post")

@@ -21,7 +21,7 @@ import tvm_ffi
 from ..analysis.memory import Call, calls_of, plan_calls
 from ..graph import Graph, ModelError
 from ..kernels.lower import Kernel
-from .stage import CONVS, Stage, plan_stage, stage_ops
+from .stage import CONVS, ELEMENTWISE, Stage, plan_stage, stage_ops
 
 MAX_PATCHES = 8
 
@@ -77,7 +77,7 @@ def choose(graph: Graph, split="auto", patches="auto", sram=None, max_mac_overhe
     `max_mac_overhead` (`objective` names the accounting rule: "arena", or "arena_excl_io"
     as TinyEngine and msf-CNN count). Layer by layer is kept when patching does not lower
     it. `sram` always bounds the full arena."""
-    scratch = scratch if scratch is not None else _lowered_scratch(graph)
+    scratch = scratch if scratch is not None else _scratch({}, graph)
     base = _evaluate(graph, None, scratch)
     if split != "auto" and patches != "auto":
         stage = plan_stage(graph, int(split), int(patches))
@@ -110,7 +110,7 @@ def _max_split(graph: Graph) -> int:
     for op in graph.ops:
         if op.kind in CONVS:
             count += 1
-        elif op.kind not in ("add", "quantize", "relu", "relu6"):
+        elif op.kind not in ELEMENTWISE + ("add",):
             break
     return count
 
@@ -167,19 +167,14 @@ def _kernels_of(mod) -> dict:
 
 
 def _scratch(kernels: dict, graph: Graph) -> dict:
+    """Kernel scratch bytes by graph position, lowering the operators not in `kernels`."""
     missing = [pos for pos, op in enumerate(graph.ops)
                if pos not in kernels and op.kind != "reshape"]
-    if missing:  # a module already patched: its stage operators have no kernels yet
+    if missing:  # e.g. a module already patched: its stage operators have no kernels yet
         from ..kernels.lower import lower_op
         for pos in missing:
             kernels[pos] = lower_op(graph.ops[pos], graph)
     return {pos: k.scratch_bytes for pos, k in kernels.items()}
-
-
-def _lowered_scratch(graph: Graph) -> dict:
-    from ..kernels.lower import lower_op
-    return {pos: lower_op(op, graph).scratch_bytes for pos, op in enumerate(graph.ops)
-            if op.kind != "reshape"}
 
 
 def _no_fit(graph, best, sram, scratch) -> str:

@@ -20,17 +20,15 @@ import tvm
 import tvm_ffi
 from tvm import s_tir, te, tirx
 
-from dataclasses import dataclass
-
 from ..graph import Graph, ModelError, Op
-from ..kernels.lower import Kernel, _allocations, buffer_bytes
+from ..kernels.lower import Kernel, allocations, buffer_bytes, compact
 from ..kernels.ops import COMPUTES
 from .stage import CONVS, Stage, plan_tiles, tile_buffer
 
 OUT = "P_out"
 
 
-@dataclass
+@dataclasses.dataclass
 class StageKernel(Kernel):
     tile_buffers: dict = None   # tile buffer name -> bytes, as the lowered TIR allocates them
     offsets: dict = None        # tile buffer name -> byte offset in the workspace
@@ -46,8 +44,8 @@ def lower_stage(stage: Stage, graph: Graph) -> StageKernel:
     func = _schedule(func, stage)
     func = _predicate_accumulators(func, builder)
     macs = count_macs(func, builder.accumulators)
-    func = _compact(func)
-    tiles = {b.name: b for b in _allocations(func.body) if b.name.endswith("_tile")}
+    func = compact(func)
+    tiles = {b.name: b for b in allocations(func.body) if b.name.endswith("_tile")}
     sizes = {name: buffer_bytes(b) for name, b in tiles.items()}
     if sizes != stage.buffers:  # the loop nest must allocate exactly the planned regions
         raise ModelError(f"patch stage: lowered tile buffers {sizes} differ from the "
@@ -56,14 +54,6 @@ def lower_stage(stage: Stage, graph: Graph) -> StageKernel:
     func = _into_workspace(func, tiles, offsets, workspace)
     return StageKernel(func, [arr for _, arr in builder.consts], macs, workspace,
                        sizes, offsets)
-
-
-def _compact(func):
-    mod = tvm.transform.Sequential([
-        s_tir.transform.LowerInitBlock(), s_tir.transform.PlanAndUpdateBufferAllocationLocation(),
-        s_tir.transform.ConvertBlocksToOpaque(), s_tir.transform.CompactBufferAllocation(),
-    ])(tvm.IRModule({"main": func}))
-    return mod["main"]
 
 
 def _into_workspace(func, tiles: dict, offsets: dict, workspace: int):
@@ -164,8 +154,7 @@ def _schedule(func, stage: Stage):
     stages inside their consumer's innermost loop; everything element-wise inlined."""
     sch = s_tir.Schedule(tvm.IRModule({"main": func}))
     out = sch.get_sblock(OUT)
-    _, h, w, c = sch.get_loops(out)
-    n = sch.get_loops(out)[0]
+    n, h, w, c = sch.get_loops(out)
     ho, hi = sch.split(h, [stage.grid[0], stage.tile[0]])
     wo, wi = sch.split(w, [stage.grid[1], stage.tile[1]])
     sch.reorder(ho, wo, n, hi, wi, c)

@@ -14,7 +14,7 @@ rows outside the image are padding, never computed."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -53,6 +53,7 @@ class Stage:
     buffers: dict           # tile buffer name (tile_buffer(k)) -> bytes
     macs: int               # multiply-accumulates of the loop nest, halos included
     layer_macs: int         # the same operators run layer by layer
+    graph: Graph = field(repr=False, default=None)
 
     @property
     def patches(self) -> int:
@@ -73,7 +74,7 @@ class Stage:
         """MCUNetV2's rule on one tile: per operator its input and output tile regions
         (depthwise in place, shortcut not counted), peak over the stage, plus the full
         stage output that the tiles fill."""
-        graph, peak = self._graph, 0
+        graph, peak = self.graph, 0
         for op in self.ops:
             ins = [_tile_bytes(graph, self.regions, n) for n in op.inputs
                    if n and not graph.t(n).is_const]
@@ -96,7 +97,7 @@ class Stage:
     def valid(self, name: str, axis: int, tile_index: int) -> tuple:
         """Rows [a, b) of tile `tile_index`'s region of `name` that lie inside the image,
         relative to the region's origin."""
-        span, size = self.regions[name][axis], _spatial(self._graph.t(name))[axis]
+        span, size = self.regions[name][axis], _spatial(self.graph.t(name))[axis]
         org = span.origin(tile_index, self.tile[axis])
         first = min(max(0, -org), span.extent)
         return first, max(first, min(span.extent, size - org))
@@ -208,12 +209,11 @@ def plan_stage(graph: Graph, split: int, patches: int) -> Stage:
             if n and not graph.t(n).is_const:
                 regions[n] = tuple(r.merge(q) for r, q in zip(regions[n], need)) \
                     if n in regions else need
-    stage = Stage(ops, first, out, (patches, patches), tile, regions, {}, 0,
-                  sum(op_macs(op, graph) for op in ops))
-    stage._graph = graph
-    stage.buffers = {tile_buffer(k): _tile_bytes(graph, regions, op.outputs[0])
-                     for k, op in enumerate(ops)
-                     if op.kind in CONVS + ("add",) and op.outputs[0] != out}
+    buffers = {tile_buffer(k): _tile_bytes(graph, regions, op.outputs[0])
+               for k, op in enumerate(ops)
+               if op.kind in CONVS + ("add",) and op.outputs[0] != out}
+    stage = Stage(ops, first, out, (patches, patches), tile, regions, buffers, 0,
+                  sum(op_macs(op, graph) for op in ops), graph)
     stage.macs = sum(_stage_macs(stage, op, graph) for op in ops)
     return stage
 
