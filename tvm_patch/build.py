@@ -18,7 +18,8 @@ def passes(split=None, patches=None, **options) -> list:
     if split is None and patches is None:
         return []
     from .passes import PatchBasedInference
-    return [PatchBasedInference(split=split or "auto", patches=patches or "auto", **options)]
+    return [PatchBasedInference(split="auto" if split is None else split,
+                                patches="auto" if patches is None else patches, **options)]
 
 
 def pipeline(target="llvm", **patch) -> tvm.transform.Pass:

@@ -85,7 +85,8 @@ def _modules(args):
     if args.patches is None and args.split is None and args.sram is None:
         return base, base, None
     from .passes import PatchBasedInference
-    mod = PatchBasedInference(split=args.split or "auto", patches=args.patches or "auto",
+    mod = PatchBasedInference(split="auto" if args.split is None else args.split,
+                              patches="auto" if args.patches is None else args.patches,
                               sram=args.sram, max_mac_overhead=args.max_mac_overhead,
                               objective=args.objective)(base)
     return mod, base, json.loads(str(mod["main"].attrs["tvm_patch.stage"]))

@@ -82,14 +82,18 @@ def choose(graph: Graph, split="auto", patches="auto", sram=None, max_mac_overhe
     if split != "auto" and patches != "auto":
         stage = plan_stage(graph, int(split), int(patches))
         return _evaluate(graph, stage, scratch, base), stage
-    candidates = [(base, None)]
+    candidates, errors = [(base, None)], []
     for k in ([int(split)] if split != "auto" else range(1, _max_split(graph) + 1)):
         for p in ([int(patches)] if patches != "auto" else range(2, MAX_PATCHES + 1)):
             try:
                 stage = plan_stage(graph, k, p)
-            except ModelError:
+            except ModelError as e:
+                errors.append(e)
                 continue
             candidates.append((_evaluate(graph, stage, scratch, base), stage))
+    if len(candidates) == 1 and "auto" in (split, patches) and (split, patches) != \
+            ("auto", "auto") and errors:
+        raise errors[0]  # the fixed half admits no schedule: say why
     if sram is not None:
         fitting = [c for c in candidates if c[0].arena_bytes <= sram]
         if not fitting:
