@@ -51,6 +51,17 @@ def test_zoo_model_bit_exact(key):
     assert_bit_exact(data, compiled, n=2 if key in SLOW else 3)
 
 
+@pytest.mark.parametrize("key", [pytest.param(k, marks=pytest.mark.slow) if k in SLOW else k
+                                 for k in ZOO])
+def test_zoo_model_patched_bit_exact(key):
+    """The schedule auto picks (patched, or layer by layer when that is smaller)."""
+    from tvm_patch.passes import PatchBasedInference
+    data = zoo_model(key)
+    mod, _ = compiled_model(key, data)
+    patched = PatchBasedInference()(mod)
+    assert_bit_exact(data, tvm_patch.build(patched), n=2)
+
+
 @pytest.mark.parametrize("name", SHARED)
 def test_arena_not_above_tflite_micro(name):
     """Our arena (input, output, intermediates, scratch) against TFLite Micro's activation
