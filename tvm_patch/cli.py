@@ -24,15 +24,19 @@ def main(argv=None) -> int:
     p.add_argument("--plot", metavar="FILE", help="write a PNG of per-layer memory")
     _patch_options(p)
 
-    p = sub.add_parser("build", help="compile for the host and report the schedule")
+    p = sub.add_parser("build", help="compile for the host, or write and build a firmware "
+                                      "project for a microcontroller")
     p.add_argument("model")
+    _target_options(p, build=True)
     p.add_argument("--json", action="store_true")
     _patch_options(p)
 
-    p = sub.add_parser("run", help="compile for the host and run one input")
+    p = sub.add_parser("run", help="compile and run one input on the host, the emulator "
+                                    "or a board")
     p.add_argument("model")
     p.add_argument("--input", required=True, metavar="X.npy")
     p.add_argument("--output", required=True, metavar="Y.npy")
+    _target_options(p, build=False)
     p.add_argument("--json", action="store_true")
     _patch_options(p)
 
@@ -53,6 +57,21 @@ def main(argv=None) -> int:
     except ModelError as e:
         print(f"tvm-patch: error: {e}", file=sys.stderr)
         return 2
+
+
+TARGETS = ("host", "qemu-m7", "stm32f746")
+
+
+def _target_options(p, build: bool):
+    p.add_argument("--target", choices=TARGETS, default="host",
+                   help="host (LLVM), qemu-m7 (Cortex-M7 emulator) or stm32f746 "
+                        "(STM32F746G-DISCO)")
+    p.add_argument("-o", "--out", metavar="DIR", help="firmware project directory"
+                   + ("" if build else " (default: a temporary one)"))
+    if not build:
+        p.add_argument("--port", metavar="DEV", help="stm32f746: the board's serial port")
+        p.add_argument("--timeout", type=float, default=60.0, metavar="S",
+                       help="seconds to wait for the device on each request (default 60)")
 
 
 def _patch_options(p):
@@ -135,19 +154,43 @@ def _build(args) -> int:
     from . import build, profile
     t = time.perf_counter()
     mod, base, schedule = _modules(args)
-    build(mod)
+    firmware = None
+    if args.target == "host":
+        build(mod)
+    else:
+        from . import mcu
+        if not args.out:
+            raise ModelError(f"--target {args.target} writes a firmware project: give -o DIR")
+        firmware = mcu.compile(mod, args.target, args.out)
     seconds = time.perf_counter() - t
     prof = profile(mod)
     summary = prof.as_dict()
     summary.pop("layers")
-    summary |= _schedule_fields(schedule) | {"compile_seconds": round(seconds, 2)}
+    summary |= _schedule_fields(schedule) | {"compile_seconds": round(seconds, 2),
+                                             "target": args.target}
+    if firmware is not None:
+        summary |= _firmware_fields(firmware) | {"project": args.out}
     if args.json:
         print(json.dumps(summary))
     else:
         print(_schedule_line(schedule, profile(base) if schedule else prof, prof))
+        where = "the host" if firmware is None else f"{args.target} in {args.out}"
         print(f"arena {prof.arena_bytes:,} B | arena_excl_io {prof.arena_excl_io_bytes:,} B | "
-              f"MACs {prof.macs:,} | compiled for the host in {seconds:.1f} s")
+              f"MACs {prof.macs:,} | compiled for {where} in {seconds:.1f} s")
+        if firmware is not None:
+            print(_firmware_line(firmware))
     return 0
+
+
+def _firmware_fields(fw) -> dict:
+    return {"flash_bytes": fw.flash_bytes, "static_ram_bytes": fw.static_ram_bytes,
+            "firmware_arena_bytes": fw.arena_bytes, "stack_reserved_bytes": fw.stack_reserved}
+
+
+def _firmware_line(fw) -> str:
+    return (f"firmware {fw.elf}: Flash {fw.flash_bytes:,} B (text+rodata+data) | static RAM "
+            f"{fw.static_ram_bytes:,} B (data+bss, arena {fw.arena_bytes:,} B) | stack "
+            f"region {fw.stack_reserved:,} B")
 
 
 def _run(args) -> int:
@@ -157,18 +200,51 @@ def _run(args) -> int:
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot read input {args.input}: {e}") from None
     mod, _, schedule = _modules(args)
-    outputs = build(mod).run(x)
+    extra = {}
+    if args.target == "host":
+        outputs = build(mod).run(x)
+    else:
+        outputs, extra = _run_on_device(args, mod, x)
     np.save(args.output, outputs[0])
     if args.json:
         prof = profile(mod).as_dict()
         prof.pop("layers")
-        prof |= _schedule_fields(schedule)
+        prof |= _schedule_fields(schedule) | {"target": args.target} | extra
         prof["outputs"] = [o.tolist() for o in outputs]
         prof["output_file"] = args.output
         print(json.dumps(prof))
     else:
         print(f"output {outputs[0].shape} {outputs[0].dtype} -> {args.output}")
+        if extra:
+            print(_counters_line(extra))
     return 0
+
+
+def _run_on_device(args, mod, x):
+    import tempfile
+    from . import mcu
+    if args.target == "stm32f746" and not args.port:
+        raise ModelError("--target stm32f746 runs on the board: give --port (its serial "
+                         "port), after flashing the project with `make -C DIR flash`")
+    with tempfile.TemporaryDirectory(prefix="tvmp-run-") as tmp:
+        directory = args.out or tmp
+        firmware = mcu.compile(mod, args.target, directory)
+        if args.target == "stm32f746":
+            mcu.flash(directory)
+        with mcu.Session(directory, port=args.port, timeout=args.timeout) as session:
+            outputs = session.run_model(x)
+            c = session.counters
+    extra = _firmware_fields(firmware) | {
+        "instructions": c.instructions, "layer_instructions": c.layer_instructions,
+        "cycles": c.cycles, "layer_cycles": c.layer_cycles, "stack_bytes": c.stack_bytes}
+    return outputs, extra
+
+
+def _counters_line(extra) -> str:
+    count = (f"{extra['instructions']:,} instructions (emulator count, not cycles)"
+             if extra["instructions"] is not None else f"{extra['cycles']:,} cycles")
+    return (f"{count} | stack high-water {extra['stack_bytes']:,} B | Flash "
+            f"{extra['flash_bytes']:,} B | static RAM {extra['static_ram_bytes']:,} B")
 
 
 def _zoo(args) -> int:

@@ -176,6 +176,16 @@ def plan_calls(params: list, calls: list, outputs: list, exclude_io: bool = Fals
     return plan
 
 
+def largest_steps(plan: Plan, count: int = 8) -> str:
+    """The per-layer memory breakdown of a plan: its `count` steps with the most live bytes."""
+    rows = []
+    for k, step in enumerate(plan.steps):
+        live = sum(b.nbytes for b in plan.live_at(k))
+        rows.append((live, f"  step {k:>3} {step.op.get('kind', step.func) or step.func:<18} "
+                           f"output {step.output:<28} live {live:>10,} B"))
+    return "\n".join(r for _, r in sorted(rows, reverse=True)[:count])
+
+
 def _bytes(shape, dtype) -> int:
     return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
 

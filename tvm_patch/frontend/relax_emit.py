@@ -50,17 +50,11 @@ def to_relax(graph: Graph, stage=None, kernels: dict | None = None):
                 if pos not in kernels:
                     kernels[pos] = lower_op(op, graph)
                 kernel = kernels[pos]
+                func = kernel.func.with_attr(
+                    "tvm_patch.inplace", int(bool(op.attrs.get("inplace"))))
                 name = f"L{pos:03d}_{op.kind}"  # source index may repeat (ONNX inserts ops)
-                func = kernel.func.with_attr("tvm_patch.macs", kernel.macs).with_attr(
-                    "tvm_patch.scratch_bytes", kernel.scratch_bytes).with_attr(
-                    "tvm_patch.inplace", int(bool(op.attrs.get("inplace")))).with_attr(
-                    "global_symbol", name)
-                gv = bb.add_func(func, name)
-                args = [env[n] for n in activation_inputs(op, graph)] + \
-                    [relax.const(np.ascontiguousarray(c)) for c in kernel.consts]
-                env[out.name] = bb.emit(
-                    relax.call_tir(gv, args, relax.TensorType(out.shape, out.dtype)),
-                    name_hint=_var_name(out.name))
+                env[out.name] = _emit_call(bb, name, func, kernel,
+                                           [env[n] for n in activation_inputs(op, graph)], out)
             outs = [env[n] for n in graph.outputs]
             result = bb.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))
         bb.emit_func_output(result)
@@ -77,17 +71,25 @@ def _emit_stage(bb, stage, graph, env):
         "paper_bytes": stage.paper_bytes,
         "ops": [f"{op.source or op.kind}@{op.index}" for op in stage.ops],
         "tile_buffers": kernel.tile_buffers}}
-    name, workspace = "patch_stage", max(kernel.scratch_bytes, 1)
-    func = kernel.func.with_attr("tvm_patch.op", json.dumps(describe)).with_attr(
-        "tvm_patch.macs", kernel.macs).with_attr(
-        "tvm_patch.scratch_bytes", workspace).with_attr("tvm_patch.workspace", 1).with_attr("global_symbol", name)
+    func = kernel.func.with_attr("tvm_patch.op", json.dumps(describe))
+    return _emit_call(bb, "patch_stage", func, kernel, [env[stage.input]],
+                      graph.t(stage.output))
+
+
+def _emit_call(bb, name, func, kernel, inputs, out):
+    """call_tir of a kernel; one with a workspace also returns it, (output, workspace), so
+    that Relax allocates it like any tensor."""
+    workspace = max(kernel.scratch_bytes, 1) if kernel.workspace else 0
+    func = func.with_attr("tvm_patch.macs", kernel.macs).with_attr(
+        "tvm_patch.scratch_bytes", workspace or kernel.scratch_bytes).with_attr(
+        "tvm_patch.workspace", int(kernel.workspace)).with_attr("global_symbol", name)
     gv = bb.add_func(func, name)
-    out = graph.t(stage.output)
-    args = [env[stage.input]] + [relax.const(np.ascontiguousarray(c)) for c in kernel.consts]
-    both = bb.emit(relax.call_tir(gv, args, [
-        relax.TensorType(out.shape, out.dtype),
-        relax.TensorType((workspace,), "int8")]),
-        name_hint=_var_name(out.name) + "__stage")
+    args = inputs + [relax.const(np.ascontiguousarray(c)) for c in kernel.consts]
+    out_ty = relax.TensorType(out.shape, out.dtype)
+    if not workspace:
+        return bb.emit(relax.call_tir(gv, args, out_ty), name_hint=_var_name(out.name))
+    both = bb.emit(relax.call_tir(gv, args, [out_ty, relax.TensorType((workspace,), "int8")]),
+                   name_hint=_var_name(out.name) + "__ws")
     return bb.emit(relax.TupleGetItem(both, 0), name_hint=_var_name(out.name))
 
 

@@ -20,7 +20,8 @@ class Kernel:
     func: tirx.PrimFunc     # params: activation inputs, constants, output
     consts: list            # numpy arrays, in parameter order after the activations
     macs: int
-    scratch_bytes: int      # bytes of buffers the lowered kernel allocates for itself
+    scratch_bytes: int      # bytes of the kernel's own buffers (its workspace)
+    workspace: bool = False  # those buffers live in a workspace passed as the last parameter
 
 
 def activation_inputs(op: Op, graph: Graph) -> list:
@@ -42,7 +43,10 @@ def lower_op(op: Op, graph: Graph) -> Kernel:
     func = te.create_prim_func([*xs, *[ph for ph, _ in consts], out])
     func = schedule_local(func)
     func = func.with_attr("tvm_patch.op", json.dumps(_describe(op, graph)))
-    return Kernel(func, [arr for _, arr in consts], macs(op, graph), scratch_bytes(func))
+    scratch = scratch_bytes(func)
+    if scratch:
+        func = _scratch_into_workspace(func)
+    return Kernel(func, [arr for _, arr in consts], macs(op, graph), scratch, bool(scratch))
 
 
 def _describe(op: Op, graph: Graph) -> dict:
@@ -95,6 +99,41 @@ def scratch_bytes(func: tirx.PrimFunc) -> int:
     its lowered, compacted TIR allocates. One-element buffers become C locals (registers
     or stack; the device measures the stack by painting), not arena space."""
     return sum(allocated_buffers(func).values())
+
+
+def _scratch_into_workspace(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """The kernel with its scratch buffers packed into a workspace parameter (widest
+    element type first, so each stays aligned), for the memory plan to place in the arena:
+    on a microcontroller they would otherwise be stack arrays."""
+    func = compact(func)
+    scratch = sorted((b for b in allocations(func.body)
+                      if int(np.prod([int(d) for d in b.shape])) > 1),
+                     key=lambda b: -tvm.runtime.DataType(b.dtype).bits)
+    offsets, size = {}, 0
+    for b in scratch:
+        offsets[b.name] = size
+        size += buffer_bytes(b)
+    return into_workspace(func, {b.name: b for b in scratch}, offsets, size)
+
+
+def into_workspace(func, buffers: dict, offsets: dict, size: int) -> tirx.PrimFunc:
+    """Moves `buffers` (name -> buffer allocated in func) out of their allocations into
+    views of a new last parameter, an int8 workspace of `size` bytes, at `offsets`."""
+    ws = tirx.decl_buffer((max(size, 1),), "int8", name="workspace")
+
+    def drop(block, mutator):
+        block = mutator.default_mutate(block)
+        keep = [b for b in block.alloc_buffers if b.name not in buffers]
+        if len(keep) == len(block.alloc_buffers):
+            return block
+        return s_tir.SBlock(block.iter_vars, block.reads, block.writes, block.name_hint,
+                            block.body, block.init, keep, block.match_buffers,
+                            block.annotations)
+    body = tvm_ffi.structural_mutate(func.body, [(s_tir.SBlock, drop)])
+    decls = [tirx.DeclBuffer(b, data=tirx.address_of(ws[offsets[name]]))
+             for name, b in buffers.items()]
+    body = tirx.SeqStmt([*decls, body]) if decls else body
+    return tirx.PrimFunc([*func.params, ws], body, func.ret_type, func.attrs)
 
 
 def allocated_buffers(func: tirx.PrimFunc) -> dict:

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 import tvm
 import tvm_ffi
 
-from ..analysis.memory import Call, calls_of, plan_calls
+from ..analysis.memory import Call, calls_of, largest_steps, plan_calls
 from ..graph import Graph, ModelError
 from ..kernels.lower import Kernel
 from .stage import CONVS, ELEMENTWISE, Stage, plan_stage, stage_ops
@@ -153,7 +153,8 @@ def _calls(graph: Graph, stage: Stage | None, scratch: dict) -> tuple:
             continue
         calls.append(Call(out.name, shape, dtype, activation_inputs(op, graph),
                           func=f"L{pos:03d}_{op.kind}", scratch_bytes=scratch[pos],
-                          inplace=bool(op.attrs.get("inplace")), macs=op_macs(op, graph),
+                          inplace=bool(op.attrs.get("inplace")), workspace=scratch[pos] > 0,
+                          macs=op_macs(op, graph),
                           op={"kind": op.kind, "index": op.index}))
     return params, calls
 
@@ -166,7 +167,7 @@ def _kernels_of(mod) -> dict:
         if call.func.startswith("L") and call.func[1:4].isdigit():
             func = mod[call.func]
             kernels[int(call.func[1:4])] = Kernel(func, call.consts, call.macs,
-                                                  call.scratch_bytes)
+                                                  call.scratch_bytes, call.workspace)
     return kernels
 
 
@@ -184,13 +185,7 @@ def _scratch(kernels: dict, graph: Graph) -> dict:
 def _no_fit(graph, best, sram, scratch) -> str:
     choice, stage = best
     params, calls = _calls(graph, stage, scratch)
-    plan = plan_calls(params, calls, graph.outputs)
-    rows = []
-    for k, step in enumerate(plan.steps):
-        live = sum(b.nbytes for b in plan.live_at(k))
-        rows.append((live, f"  step {k:>3} {step.op.get('kind', step.func) or step.func:<18} "
-                           f"output {step.output:<28} live {live:>10,} B"))
-    worst = "\n".join(r for _, r in sorted(rows, reverse=True)[:8])
+    worst = largest_steps(plan_calls(params, calls, graph.outputs))
     sched = "layer by layer" if stage is None else \
         f"patches={choice.patches} split={choice.split}"
     return (f"the model cannot fit in {sram:,} B: the smallest arena found is "

@@ -21,7 +21,7 @@ import tvm_ffi
 from tvm import s_tir, te, tirx
 
 from ..graph import Graph, ModelError, Op
-from ..kernels.lower import Kernel, allocations, buffer_bytes, compact
+from ..kernels.lower import Kernel, allocations, buffer_bytes, compact, into_workspace
 from ..kernels.ops import COMPUTES
 from .stage import CONVS, Stage, plan_tiles, tile_buffer
 
@@ -51,28 +51,9 @@ def lower_stage(stage: Stage, graph: Graph) -> StageKernel:
         raise ModelError(f"patch stage: lowered tile buffers {sizes} differ from the "
                          f"planned regions {stage.buffers}")
     offsets, workspace = plan_tiles(stage, sizes)
-    func = _into_workspace(func, tiles, offsets, workspace)
-    return StageKernel(func, [arr for _, arr in builder.consts], macs, workspace,
+    func = into_workspace(func, tiles, offsets, workspace)
+    return StageKernel(func, [arr for _, arr in builder.consts], macs, workspace, True,
                        sizes, offsets)
-
-
-def _into_workspace(func, tiles: dict, offsets: dict, workspace: int):
-    """Moves the tile buffers out of their allocations into a workspace parameter."""
-    ws = tirx.decl_buffer((max(workspace, 1),), "int8", name="workspace")
-
-    def drop(block, mutator):
-        block = mutator.default_mutate(block)
-        keep = [b for b in block.alloc_buffers if b.name not in tiles]
-        if len(keep) == len(block.alloc_buffers):
-            return block
-        return s_tir.SBlock(block.iter_vars, block.reads, block.writes, block.name_hint,
-                            block.body, block.init, keep, block.match_buffers,
-                            block.annotations)
-    body = tvm_ffi.structural_mutate(func.body, [(s_tir.SBlock, drop)])
-    decls = [tirx.DeclBuffer(b, data=tirx.address_of(ws[offsets[name]]))
-             for name, b in tiles.items()]
-    body = tirx.SeqStmt([*decls, body]) if decls else body
-    return tirx.PrimFunc([*func.params, ws], body, func.ret_type, func.attrs)
 
 
 class _Builder:

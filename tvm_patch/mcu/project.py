@@ -1,0 +1,228 @@
+"""Firmware projects for a model: `write_project` turns a Relax module into a self-contained
+directory (Makefile, start-up, linker script with the board's memory budget, the model as
+plain C, the protocol server) and `build_firmware` compiles and links it with
+arm-none-eabi-gcc and measures the result from the ELF and its map."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from importlib import resources
+
+from ..analysis.memory import largest_steps, plan_memory
+from ..graph import ModelError
+from .codegen import model_sources
+
+KB = 1024
+RAM_ORIGIN, RAM_BYTES, FLASH_BYTES = 0x20000000, 320 * KB, 1024 * KB  # STM32F746
+STACK_BYTES = 8 * KB
+CFLAGS = "-mcpu=cortex-m7 -mthumb -mfpu=fpv5-sp-d16 -mfloat-abi=hard"
+
+
+@dataclass(frozen=True)
+class Board:
+    name: str
+    flash_origin: int
+    source: str          # board support file in firmware/
+    description: str
+
+
+BOARDS = {
+    "stm32f746": Board("stm32f746", 0x08000000, "board_stm32f746.c",
+                       "STM32F746G-DISCO: 216 MHz, USART1 on the ST-LINK serial port"),
+    "qemu-m7": Board("qemu-m7", 0x00000000, "board_qemu_m7.c",
+                     "qemu-system-arm -M mps2-an500 -cpu cortex-m7, UART0"),
+}
+FIRMWARE = ("board.h", "startup.c", "server.c")
+
+
+@dataclass
+class Firmware:
+    """What the linked firmware really occupies, from its ELF (accounting rule in each name)."""
+    elf: str
+    flash_bytes: int        # text + rodata + data initializers + vector table
+    static_ram_bytes: int   # .data + .bss (the arena included), without the stack region
+    arena_bytes: int        # size of the tvmp_arena symbol
+    stack_reserved: int     # the stack region the linker script sets aside
+    sections: dict
+
+
+def board(target: str) -> Board:
+    if target not in BOARDS:
+        raise ModelError(f"unknown target {target!r}: expected one of "
+                         f"{', '.join(['host', *BOARDS])}")
+    return BOARDS[target]
+
+
+def write_project(mod, target: str, directory, stack_bytes: int = STACK_BYTES) -> dict:
+    """Writes the project for `mod` into `directory`; returns its description, also saved
+    as project.json. Fails before writing when the arena cannot fit the board's RAM."""
+    b = board(target)
+    plan = plan_memory(mod)
+    model = str(mod["main"].attrs.get("tvm_patch.model", "model"))
+    ram_need = plan.arena_bytes + stack_bytes
+    breakdown = largest_steps(plan)
+    if ram_need > RAM_BYTES:
+        raise ModelError(
+            f"{model} does not fit the {b.name} RAM: arena {plan.arena_bytes:,} B + stack "
+            f"{stack_bytes:,} B > {RAM_BYTES:,} B; the layers with the most live memory:\n"
+            f"{breakdown}")
+    sources = model_sources(mod, plan, model)
+    if sources.weight_bytes > FLASH_BYTES:
+        raise ModelError(f"{model} does not fit the {b.name} Flash: its constants alone take "
+                         f"{sources.weight_bytes:,} B > {FLASH_BYTES:,} B")
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    for name, text in sources.files.items():
+        with open(os.path.join(directory, name), "wb" if isinstance(text, bytes) else "w") as f:
+            f.write(text)
+    firmware = resources.files(__package__) / "firmware"
+    for name in FIRMWARE:
+        shutil.copyfile(firmware / name, os.path.join(directory, name))
+    shutil.copyfile(firmware / b.source, os.path.join(directory, "board.c"))
+    with open(os.path.join(directory, "firmware.ld"), "w") as f:
+        f.write(_linker_script(b, stack_bytes))
+    with open(os.path.join(directory, "Makefile"), "w") as f:
+        f.write(_makefile(b))
+    description = {
+        "model": model, "target": b.name, "board": b.description,
+        "model_id": sources.model_id, "arena_bytes": plan.arena_bytes,
+        "stack_bytes": stack_bytes, "weight_bytes": sources.weight_bytes,
+        "inputs": [_io(plan, n) for n in plan.inputs],
+        "outputs": [_io(plan, n) for n in plan.outputs],
+        "layers": [{"func": s.func, "kind": s.op.get("kind", s.func), "macs": s.macs,
+                    "output": s.output} for s in plan.steps],
+        "breakdown": breakdown,
+    }
+    with open(os.path.join(directory, "project.json"), "w") as f:
+        json.dump(description, f, indent=1)
+    return description
+
+
+def _io(plan, name) -> dict:
+    _, shape, dtype = plan.views[name]
+    return {"name": name, "shape": list(shape), "dtype": dtype}
+
+
+def _linker_script(b: Board, stack_bytes: int) -> str:
+    return f"""/* {b.description}. The STM32F746 budget: a model that does not fit fails here. */
+MEMORY
+{{
+  FLASH (rx) : ORIGIN = 0x{b.flash_origin:08X}, LENGTH = {FLASH_BYTES // KB}K
+  RAM (rwx)  : ORIGIN = 0x{RAM_ORIGIN:08X}, LENGTH = {RAM_BYTES // KB}K
+}}
+ENTRY(Reset_Handler)
+
+SECTIONS
+{{
+  .isr_vector : {{ KEEP(*(.isr_vector)) }} > FLASH
+  .text : {{ *(.text*) *(.rodata*) . = ALIGN(4); }} > FLASH
+  .ARM.exidx : {{ *(.ARM.exidx*) }} > FLASH
+  _sidata = LOADADDR(.data);
+  .data : {{ _sdata = .; *(.data*) . = ALIGN(4); _edata = .; }} > RAM AT > FLASH
+  .bss (NOLOAD) : {{ _sbss = .; *(.bss*) *(COMMON) . = ALIGN(4); _ebss = .; }} > RAM
+  .stack (NOLOAD) : {{ . = ALIGN(8); _sstack = .; . += {stack_bytes}; _estack = .; }} > RAM
+}}
+"""
+
+
+def _makefile(b: Board) -> str:
+    run = {
+        "qemu-m7": "run: build/firmware.elf\n\tqemu-system-arm -M mps2-an500 -cpu cortex-m7 "
+                   "-display none -monitor none -serial stdio -kernel build/firmware.elf\n",
+        "stm32f746": "flash: build/firmware.elf build/firmware.bin\n"
+                     "\topenocd -f board/stm32f746g-disco.cfg -c \"program build/firmware.elf "
+                     "verify reset exit\" || st-flash --reset write build/firmware.bin "
+                     "0x08000000\n",
+    }[b.name]
+    return f"""# Firmware for {b.description}. Generated by tvm_patch.
+CC = arm-none-eabi-gcc
+OBJCOPY = arm-none-eabi-objcopy
+CFLAGS = {CFLAGS} -O2 -std=c11 -ffunction-sections -fdata-sections -Wall -Wno-maybe-uninitialized
+LDFLAGS = -T firmware.ld -nostartfiles --specs=nano.specs --specs=nosys.specs \\
+          -Wl,--gc-sections -Wl,-Map=build/firmware.map
+SOURCES = startup.c board.c server.c model.c kernels.c weights.S
+
+all: build/firmware.elf
+
+build/firmware.elf: $(SOURCES) weights.bin board.h tvmp_model.h tvmp_kernels.h firmware.ld
+\tmkdir -p build
+\t$(CC) $(CFLAGS) $(SOURCES) $(LDFLAGS) -lm -o $@
+
+build/firmware.bin: build/firmware.elf
+\t$(OBJCOPY) -O binary $< $@
+
+{run}
+clean:
+\trm -rf build
+
+.PHONY: all clean {"run" if b.name == "qemu-m7" else "flash"}
+"""
+
+
+def build_firmware(directory) -> Firmware:
+    """Compiles and links the project; a model that does not fit fails with the budget and
+    the per-layer memory breakdown."""
+    directory = os.fspath(directory)
+    need_toolchain()
+    with open(os.path.join(directory, "project.json")) as f:
+        project = json.load(f)
+    done = subprocess.run(["make", "-s", "-C", directory, "build/firmware.elf"],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        overflow = re.findall(r"region `(\w+)' overflowed by (\d+) bytes", done.stderr)
+        if overflow:
+            what = ", ".join(f"{region} by {int(n):,} B" for region, n in overflow)
+            raise ModelError(f"{project['model']} does not fit the {project['target']} "
+                             f"budget (RAM {RAM_BYTES:,} B, Flash {FLASH_BYTES:,} B): the link "
+                             f"overflows {what}; arena {project['arena_bytes']:,} B; the layers "
+                             f"with the most live memory:\n{project['breakdown']}")
+        raise ModelError(f"building the firmware failed:\n{done.stderr[-2000:]}")
+    elf = os.path.join(directory, "build", "firmware.elf")
+    return measure(elf, project["stack_bytes"])
+
+
+def measure(elf: str, stack_reserved: int) -> Firmware:
+    out = subprocess.run(["arm-none-eabi-size", "-A", elf], capture_output=True, text=True,
+                         check=True).stdout
+    sections = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0].startswith(".") and parts[1].isdigit():
+            sections[parts[0]] = int(parts[1])
+    flash = sum(sections.get(s, 0) for s in (".isr_vector", ".text", ".ARM.exidx", ".data"))
+    ram = sections.get(".data", 0) + sections.get(".bss", 0)
+    return Firmware(elf, flash, ram, symbol(elf, "tvmp_arena")[1], stack_reserved, sections)
+
+
+def symbol(elf: str, name: str) -> tuple:
+    """(address, size) of a symbol of the ELF."""
+    out = subprocess.run(["arm-none-eabi-nm", "-S", elf], capture_output=True, text=True,
+                         check=True).stdout
+    for line in out.splitlines():
+        parts = line.split()
+        if parts[-1] == name:
+            return int(parts[0], 16), int(parts[1], 16) if len(parts) == 4 else 0
+    raise ModelError(f"{elf}: no symbol {name}")
+
+
+def need_toolchain():
+    missing = [t for t in ("arm-none-eabi-gcc", "make") if shutil.which(t) is None]
+    if missing:
+        raise ModelError(f"{', '.join(missing)} not found: run scripts/setup.sh, which installs "
+                         "gcc-arm-none-eabi, libnewlib-arm-none-eabi and qemu-system-arm")
+
+
+def flash(directory):
+    """Programs a stm32f746 project onto the board (openocd, or st-flash)."""
+    if not (shutil.which("openocd") or shutil.which("st-flash")):
+        raise ModelError("flashing the board needs openocd or st-flash (apt-get install "
+                         "openocd / stlink-tools)")
+    done = subprocess.run(["make", "-s", "-C", os.fspath(directory), "flash"],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ModelError(f"flashing the board failed:\n{done.stderr[-1500:]}")
