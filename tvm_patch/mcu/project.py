@@ -46,7 +46,7 @@ class Firmware:
     elf: str
     flash_bytes: int        # text + rodata + data initializers + vector table
     static_ram_bytes: int   # .data + .bss (the arena included), without the stack region
-    arena_bytes: int        # size of the tvmp_arena symbol
+    arena_bytes: int        # the tvmp_arena input section in the linker map
     stack_reserved: int     # the stack region the linker script sets aside
     sections: dict
 
@@ -95,7 +95,9 @@ def write_project(mod, target: str, directory, stack_bytes: int = STACK_BYTES) -
         "inputs": [_io(plan, n) for n in plan.inputs],
         "outputs": [_io(plan, n) for n in plan.outputs],
         "layers": [{"func": s.func, "kind": s.op.get("kind", s.func), "macs": s.macs,
-                    "output": s.output} for s in plan.steps],
+                    "output": s.output, "attrs": s.op.get("attrs", {}),
+                    "weights": list(plan.constants[s.consts[0]].shape) if s.consts else None}
+                   for s in plan.steps],
         "breakdown": breakdown,
     }
     with open(os.path.join(directory, "project.json"), "w") as f:
@@ -196,7 +198,20 @@ def measure(elf: str, stack_reserved: int) -> Firmware:
             sections[parts[0]] = int(parts[1])
     flash = sum(sections.get(s, 0) for s in (".isr_vector", ".text", ".ARM.exidx", ".data"))
     ram = sections.get(".data", 0) + sections.get(".bss", 0)
-    return Firmware(elf, flash, ram, symbol(elf, "tvmp_arena")[1], stack_reserved, sections)
+    return Firmware(elf, flash, ram, map_section(elf[:-len(".elf")] + ".map", ".bss.tvmp_arena"),
+                    stack_reserved, sections)
+
+
+def map_section(map_file: str, name: str) -> int:
+    """Size of an input section in a GNU ld map (its line, or the next when the name is long)."""
+    with open(map_file) as f:
+        lines = f.read().splitlines()
+    for k, line in enumerate(lines):
+        parts = line.split()
+        if parts and parts[0] == name:
+            fields = parts[1:] if len(parts) > 1 else lines[k + 1].split()
+            return int(fields[1], 16)
+    raise ModelError(f"{map_file}: no section {name}")
 
 
 def symbol(elf: str, name: str) -> tuple:

@@ -1,0 +1,136 @@
+"""The models on the Cortex-M7 emulator (qemu-system-arm -M mps2-an500 -cpu cortex-m7), built
+as STM32F746 firmware (RAM 320 KB, Flash 1 MB): layer by layer and with the schedule the
+patch pass picks ("auto"), each run once through a host-driven session and checked
+bit-exact against TFLite Micro.
+
+    python benchmarks/mcu.py [--quick] [--models DIR]
+
+Accounting rules (bytes):
+  Flash       .isr_vector + .text (code, rodata, weights) + .ARM.exidx + .data initializers,
+              from arm-none-eabi-size -A of the linked ELF
+  static RAM  .data + .bss of the ELF (the arena included, the stack region not)
+  arena       the .bss.tvmp_arena section in the linker map (equal to the memory plan's arena)
+  stack       high-water mark of the stack during one inference, by painting (whole firmware:
+              protocol server frames included)
+  instr       guest instructions per inference counted by the emulator's TCG plugin
+              (instructions, NOT cycles: QEMU does not model the M7 pipeline or memories)
+  TFLM arena  TFLite Micro's activation arena for the same model (its recording allocator's
+              `head`), the peer runtime
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import patch  # noqa: E402  (models, table helpers; also puts the checkout on sys.path)
+from patch import Bench, b, table  # noqa: E402
+
+from tvm_patch import mcu, reference  # noqa: E402
+from tvm_patch.graph import ModelError  # noqa: E402
+from tvm_patch.passes import PatchBasedInference  # noqa: E402
+
+patch.MODELS.update({
+    "mlperf-ic resnet8 r32": ("tflite", "mlperf-ic-resnet8-32.tflite"),
+    "mlperf-kws ds-cnn": ("tflite", "mlperf-kws-dscnn.tflite"),
+    "proxyless-w0.3-r176": ("config", "proxyless-w0.3-r176_imagenet.json"),
+    "resnet8 (zoo)": ("zoo", "resnet8", None, None),
+    "demo (zoo)": ("zoo", "demo", None, None),
+})
+MODELS = ["mcunet-vww1 r80", "mlperf-vww mbv1-0.25 r96", "mlperf-ic resnet8 r32",
+          "mlperf-kws ds-cnn", "mbv2-w0.35-r144 (zoo)", "mcunet-10fps r48", "mcunet-5fps r96",
+          "mcunet-in3 (320kb-1mb) r176", "proxyless-w0.3-r176", "resnet8 (zoo)", "demo (zoo)",
+          "mbv2-w1.0-r224 (zoo)"]
+QUICK = ["mlperf-ic resnet8 r32", "demo (zoo)"]
+
+
+def conv_kind(layer: dict) -> str | None:
+    if layer["kind"] == "depthwise_conv2d":
+        return "depthwise"
+    if layer["kind"] == "conv2d" and layer["weights"]:
+        _, kh, kw, _ = layer["weights"]
+        return "pointwise 1x1" if kh == kw == 1 else f"conv {kh}x{kw}"
+    return None
+
+
+def run_one(bench: Bench, label: str, patched: bool, kinds: dict):
+    entry = bench.model(label)
+    src = bench.source(label)
+    data = src if isinstance(src, bytes) else open(src, "rb").read()
+    mod = PatchBasedInference()(entry["mod"]) if patched else entry["mod"]
+    with tempfile.TemporaryDirectory(prefix="tvmp-bench-") as tmp:
+        t = time.perf_counter()
+        try:
+            fw = mcu.compile(mod, "qemu-m7", tmp)
+        except ModelError as e:
+            return None, str(e).splitlines()[0]
+        build_s = time.perf_counter() - t
+        with mcu.Session(tmp) as session:
+            spec = session.project["inputs"][0]
+            rng = np.random.default_rng(0)
+            x = (rng.uniform(-1, 1, spec["shape"]).astype(np.float32)
+                 if spec["dtype"] == "float32" else
+                 rng.integers(-128, 128, spec["shape"]).astype(spec["dtype"]))
+            out = session.run_model(x)
+            c = session.counters
+            layers = session.project["layers"]
+    ref = reference.run(data, [x])
+    exact = all(np.array_equal(a, r) for a, r in zip(out, ref))
+    macs = sum(layer["macs"] for layer in layers)
+    for layer, n in zip(layers, c.layer_instructions):
+        kind = conv_kind(layer)
+        if kind and not patched:
+            k = kinds.setdefault(kind, [0, 0])
+            k[0] += n
+            k[1] += layer["macs"]
+    return {"fw": fw, "instructions": c.instructions, "stack": c.stack_bytes, "macs": macs,
+            "exact": exact, "build_s": build_s}, None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
+    parser.add_argument("--models", default=patch.DEFAULT_MODELS)
+    args = parser.parse_args()
+    bench = Bench(args.models)
+    labels = [m for m in (QUICK if args.quick else MODELS) if bench.available(m)]
+    rows, kinds, failures = [], {}, 0
+    for label in labels:
+        data = bench.source(label)
+        data = data if isinstance(data, bytes) else open(data, "rb").read()
+        try:
+            tflm = b(reference.arena(data)["head"])
+        except Exception as e:  # noqa: BLE001  (TFLite Micro may refuse a model)
+            tflm = f"n/a ({type(e).__name__})"
+        for patched in (False, True):
+            result, why = run_one(bench, label, patched, kinds)
+            sched = "patch-based (auto)" if patched else "layer by layer"
+            if result is None:
+                rows.append([label, sched, why, "", "", "", "", "", "", "", tflm])
+                continue
+            fw = result["fw"]
+            failures += not result["exact"]
+            rows.append([label, sched, b(fw.arena_bytes), b(fw.flash_bytes),
+                         b(fw.static_ram_bytes), b(result["stack"]), b(result["instructions"]),
+                         f"{result['instructions'] / max(result['macs'], 1):.2f}",
+                         "yes" if result["exact"] else "NO", f"{result['build_s']:.1f}", tflm])
+            print(f"  {label}, {sched}: done", file=sys.stderr, flush=True)
+    print("Cortex-M7 emulator, STM32F746 budget (RAM 327,680 B, Flash 1,048,576 B); "
+          "instructions, not cycles\n")
+    print(table(["model", "schedule", "arena B", "Flash B", "static RAM B", "stack B",
+                 "instr/inference", "instr/MAC", "bit-exact", "build s", "TFLM arena B"],
+                rows, left=(0, 1)))
+    print("\nInstructions per MAC by convolution kind (layer by layer, all models above):\n")
+    print(table(["kind", "instructions", "MACs", "instr/MAC"],
+                [[k, b(n), b(m), f"{n / m:.2f}"] for k, (n, m) in sorted(kinds.items())]))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
