@@ -56,6 +56,7 @@ class Session:
         self.timeout = timeout
         self.counters = Counters()
         self._emulator = None
+        self._fresh = set()  # inputs set since the last run
         if port is None:
             if self.project["target"] != "qemu-m7":
                 raise ModelError(f"a {self.project['target']} project runs on its board: "
@@ -103,8 +104,16 @@ class Session:
         data = value.tobytes()
         for offset in range(0, len(data), CHUNK):
             self._call(b"W", struct.pack("<BI", index, offset) + data[offset:offset + CHUNK])
+        self._fresh.add(index)
 
     def run(self) -> Counters:
+        """One inference on the inputs set since the last run (the arena reuses their
+        memory for later layers, so each run needs them set again)."""
+        stale = [k for k in range(len(self.project["inputs"])) if k not in self._fresh]
+        if stale:
+            raise ModelError(f"set input(s) {stale} before running: a run reuses the input "
+                             "buffers of the arena for later layers")
+        self._fresh = set()
         marks = self._emulator.marks_position() if self._emulator else None
         reply = self._call(b"R", b"")
         words = struct.unpack(f"<{len(reply) // 4}I", reply)
@@ -142,6 +151,9 @@ class Session:
         if self._link is None:
             raise DeviceError("the session is closed")
         self._link.write(frame(command[0], payload))
+        return self._receive(command)
+
+    def _receive(self, command: bytes) -> bytes:
         deadline = time.monotonic() + self.timeout
         head = self._link.read(7, deadline)
         while head[:2] != b"TP":  # skip noise until a frame starts

@@ -1,0 +1,221 @@
+"""The microcontroller target on the Cortex-M7 emulator: firmware built from the generated
+plain C, driven through host sessions, outputs bit-exact with TFLite Micro and the host
+build; the firmware's arena equals the plan; budgets, protocol and failure handling."""
+
+import os
+import shutil
+import struct
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import tvm_patch
+from tvm_patch import mcu, zoo
+from tvm_patch.analysis.memory import plan_memory
+from tvm_patch.graph import ModelError
+from tvm_patch.mcu.session import frame
+from tvm_patch.passes import PatchBasedInference
+from conftest import SHARED, assert_bit_exact, compiled_model, random_inputs, shared_model
+from test_models_exact import ZOO, zoo_model
+
+TOOLS = ("arm-none-eabi-gcc", "qemu-system-arm", "make", "gcc")
+if any(shutil.which(t) is None for t in TOOLS):
+    if os.environ.get("CI"):
+        raise RuntimeError(f"CI needs {', '.join(TOOLS)}: scripts/setup.sh installs them")
+    pytest.skip("the Cortex-M7 toolchain or emulator is not installed", allow_module_level=True)
+
+# Models beyond the STM32F746 budget: their arena or constants cannot fit 320 KB / 1 MB
+TOO_LARGE = {"mbv2-w1.0-r224"}
+
+
+class OnDevice:
+    """A session as the bit-exact helpers see a compiled model."""
+
+    def __init__(self, session):
+        self.session = session
+        self.input_specs = [(tuple(s["shape"]), s["dtype"]) for s in session.project["inputs"]]
+
+    def run(self, *inputs):
+        return self.session.run_model(*inputs)
+
+
+def _firmware(mod, directory):
+    fw = mcu.compile(mod, "qemu-m7", directory)
+    assert fw.arena_bytes == plan_memory(mod).arena_bytes  # the map's arena is the plan's
+    assert fw.static_ram_bytes + fw.stack_reserved <= mcu.RAM_BYTES
+    assert fw.flash_bytes <= mcu.FLASH_BYTES
+    return fw
+
+
+def _check_on_emulator(data, mod, directory, host=None, n=2):
+    _firmware(mod, directory)
+    with mcu.Session(directory) as session:
+        device = OnDevice(session)
+        assert_bit_exact(data, device, n=n)
+        c = session.counters
+        assert c.instructions == sum(c.layer_instructions) > 0
+        assert len(c.layer_instructions) == len(session.project["layers"])
+        assert 0 < c.stack_bytes < session.info["stack_reserved"]
+        assert c.cycles is None  # QEMU does not emulate the cycle counter
+        if host is not None:
+            for x in random_inputs(host, 1, seed=7):
+                for a, b in zip(device.run(x), host.run(x)):
+                    assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("patched", [False, True], ids=["layer", "patched"])
+@pytest.mark.parametrize("name", SHARED)
+def test_shared_model_on_emulator(name, patched, tmp_path):
+    with open(shared_model(name), "rb") as f:
+        data = f.read()
+    mod, host = compiled_model(name, data)
+    if patched:
+        mod = PatchBasedInference()(mod)
+        host = tvm_patch.build(mod)
+    _check_on_emulator(data, mod, tmp_path, host)
+
+
+@pytest.mark.parametrize("patched", [False, True], ids=["layer", "patched"])
+@pytest.mark.parametrize("key", [k for k in ZOO if k not in TOO_LARGE])
+def test_zoo_model_on_emulator(key, patched, tmp_path):
+    data = zoo_model(key)
+    mod = tvm_patch.load(data)
+    if patched:
+        mod = PatchBasedInference()(mod)
+    _check_on_emulator(data, mod, tmp_path)
+
+
+@pytest.mark.slow
+def test_model_too_large_for_the_board_fails_at_build_time(tmp_path):
+    mod = tvm_patch.load(zoo_model("mbv2-w1.0-r224"))
+    with pytest.raises(ModelError) as e:
+        mcu.compile(mod, "qemu-m7", tmp_path)
+    msg = str(e.value)
+    assert "does not fit the qemu-m7 RAM" in msg and "arena 1,404,928 B" in msg
+    assert msg.count("step") >= 8 and "live" in msg  # the per-layer breakdown
+
+
+def test_link_overflow_is_reported_with_the_breakdown(tmp_path):
+    """What the linker finds (code and data beyond the pre-check) gets the same message."""
+    mod = tvm_patch.load(zoo.build("resnet8"))
+    mcu.write_project(mod, "qemu-m7", tmp_path)
+    script = tmp_path / "firmware.ld"
+    script.write_text(script.read_text().replace("LENGTH = 320K", "LENGTH = 40K"))
+    with pytest.raises(ModelError, match=r"(?s)link overflows RAM by [\d,]+ B.*step"):
+        mcu.build_firmware(tmp_path)
+
+
+def test_stm32f746_project_builds(tmp_path):
+    mod = tvm_patch.load(zoo.build("resnet8"))
+    fw = mcu.compile(mod, "stm32f746", tmp_path)
+    assert fw.arena_bytes == plan_memory(mod).arena_bytes
+    assert "0x08000000" in (tmp_path / "firmware.ld").read_text()
+    assert "flash:" in (tmp_path / "Makefile").read_text()
+    assert mcu.project.symbol(fw.elf, "tvmp_vectors")[0] == 0x08000000
+    with pytest.raises(ModelError, match="give the serial port"):
+        mcu.Session(tmp_path)
+
+
+def test_generated_c_is_plain():
+    mod = tvm_patch.load(zoo.build("demo"))
+    mod = PatchBasedInference(split=3, patches=2)(mod)
+    sources = mcu.codegen.model_sources(mod, plan_memory(mod), "demo")
+    for name in ("kernels.c", "model.c", "tvmp_kernels.h", "tvmp_model.h"):
+        text = sources.files[name]
+        assert "tvm/" not in text and "DLTensor" not in text and "TVMFFI" not in text
+    assert "void patch_stage(" in sources.files["kernels.c"]
+    model_c = sources.files["model.c"]
+    assert model_c.count("tvmp_arena[TVMP_ARENA_BYTES]") == 1  # one static arena
+
+
+@pytest.fixture(scope="module")
+def resnet8_project(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("resnet8")
+    mod = tvm_patch.load(zoo.build("resnet8"))
+    mcu.compile(mod, "qemu-m7", directory)
+    return directory, tvm_patch.build(mod)
+
+
+def test_session_round_trip_and_counters(resnet8_project):
+    directory, host = resnet8_project
+    x = next(random_inputs(host, 1, seed=3))
+    with mcu.Session(directory) as s:
+        assert s.info["arena_bytes"] == host.plan.arena_bytes
+        s.set_input(0, x)
+        first = s.run()
+        y = s.get_output(0)
+        with pytest.raises(ModelError, match="set input"):
+            s.run()
+        s.set_input(0, x)
+        again = s.run()
+        assert np.array_equal(y, host.run(x)[0])
+        assert first.instructions == again.instructions  # exact, repeatable counts
+        assert first.layer_instructions == again.layer_instructions
+        assert first.stack_bytes == again.stack_bytes
+
+
+def test_session_rejects_bad_input(resnet8_project):
+    directory, _ = resnet8_project
+    with mcu.Session(directory) as s:
+        with pytest.raises(ModelError, match="expected shape"):
+            s.set_input(0, np.zeros((1, 8, 8, 3), np.int8))
+        with pytest.raises(ModelError, match="expected dtype"):
+            s.set_input(0, np.zeros((1, 32, 32, 3), np.float32))
+        # a corrupted frame is refused by the device, which stays usable
+        bad = bytearray(frame(ord("W"), struct.pack("<BI", 0, 0) + b"\1\2\3"))
+        bad[-1] ^= 0xFF
+        s._link.write(bytes(bad))
+        with pytest.raises(mcu.DeviceError, match="checksum"):
+            s._receive(b"W")
+        assert s._info()["layers"] == len(s.project["layers"])
+
+
+def test_session_on_another_build_is_refused(resnet8_project, tmp_path):
+    directory, _ = resnet8_project
+    shutil.copytree(directory, tmp_path / "p", dirs_exist_ok=True)
+    project = (tmp_path / "p" / "project.json")
+    project.write_text(project.read_text().replace('"model_id": ', '"model_id": 1'))
+    with pytest.raises(mcu.DeviceError, match="another build"):
+        mcu.Session(tmp_path / "p")
+
+
+def test_killed_emulator_mid_run_gives_a_clear_error(resnet8_project):
+    directory, host = resnet8_project
+    x = next(random_inputs(host, 1))
+    with mcu.Session(directory, timeout=20) as s:
+        s.set_input(0, x)
+        killer = threading.Timer(0.05, s._link.proc.kill)
+        killer.start()
+        t = time.monotonic()
+        with pytest.raises(mcu.DeviceError, match="stopped answering"):
+            for _ in range(50):  # in case a run finishes before the kill
+                s.run()
+                s.set_input(0, x)
+        assert time.monotonic() - t < 20
+        killer.join()
+
+
+def test_cli_build_and_run_on_emulator(tmp_path, capsys):
+    import json
+    from tvm_patch.cli import main
+    model = tmp_path / "r8.tflite"
+    zoo.save("resnet8", model)
+    x = np.random.default_rng(0).integers(-128, 128, (1, 32, 32, 3)).astype(np.int8)
+    np.save(tmp_path / "x.npy", x)
+    assert main(["build", str(model), "--target", "qemu-m7", "-o", str(tmp_path / "fw"),
+                 "--json"]) == 0
+    built = json.loads(capsys.readouterr().out)
+    assert built["firmware_arena_bytes"] == built["arena_bytes"]
+    assert main(["run", str(model), "--target", "qemu-m7", "--input", str(tmp_path / "x.npy"),
+                 "--output", str(tmp_path / "y.npy"), "--json"]) == 0
+    ran = json.loads(capsys.readouterr().out)
+    assert ran["instructions"] > 0 and ran["stack_bytes"] > 0 and ran["cycles"] is None
+    ref = tvm_patch.reference.run(model.read_bytes(), [x])[0]
+    assert np.array_equal(np.load(tmp_path / "y.npy"), ref)
+    assert main(["build", str(model), "--target", "qemu-m7"]) == 2  # no -o
+    assert "give -o DIR" in capsys.readouterr().err
+    assert main(["run", str(model), "--target", "stm32f746", "--input",
+                 str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npy")]) == 2
+    assert "give --port" in capsys.readouterr().err
