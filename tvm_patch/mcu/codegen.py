@@ -12,9 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import tvm
+import tvm.sym
+import tvm_ffi
 from tvm import s_tir, tirx
 
 from ..analysis.memory import ALIGN, Plan
+from ..graph import ModelError
 
 C_TARGET = tvm.target.Target({"kind": "c"})
 KERNELS_H = """\
@@ -23,6 +26,37 @@ KERNELS_H = """\
 #define TVMP_KERNELS_H
 #include <stdbool.h>
 #include <stdint.h>
+#if defined(__ARM_FEATURE_SIMD32)
+#include <arm_acle.h>
+#endif
+
+/* sum over k < n of (x[k] + offset) * w[k], offset in [-128, 128]: the int8 dot product
+ * of convolutions and fully connected layers. On the Cortex-M7 two bytes of each side are
+ * widened per instruction (SXTAB16 adds the offset too) and two products accumulated per
+ * SMLAD; exact int32 arithmetic either way. */
+static inline int32_t tvmp_dot_s8(int8_t* x, int8_t* w, int32_t n, int32_t offset) {
+  int32_t acc = 0, k = 0;
+#if defined(__ARM_FEATURE_SIMD32)
+  const int16x2_t offsets = (int16x2_t)(((uint32_t)(uint16_t)offset << 16) | (uint16_t)offset);
+  for (; k + 4 <= n; k += 4) {
+    uint32_t xs, ws;
+    __builtin_memcpy(&xs, x + k, 4);
+    __builtin_memcpy(&ws, w + k, 4);
+    acc = __smlad(__sxtab16(offsets, (int8x4_t)xs), __sxtb16((int8x4_t)ws), acc);
+    acc = __smlad(__sxtab16(offsets, (int8x4_t)((xs >> 8) | (xs << 24))),
+                  __sxtb16((int8x4_t)((ws >> 8) | (ws << 24))), acc);
+  }
+#endif
+  for (; k < n; ++k) acc += ((int32_t)x[k] + offset) * (int32_t)w[k];
+  return acc;
+}
+
+/* a float constant from its bits: TVM prints float literals with 7 digits, not exactly */
+static inline float tvmp_f32(uint32_t bits) {
+  float f;
+  __builtin_memcpy(&f, &bits, 4);
+  return f;
+}
 
 /* count leading zeros as TVM defines it: 32 (64) for zero */
 static inline int32_t tvmp_clz32(int32_t x) { return x ? __builtin_clz((uint32_t)x) : 32; }
@@ -68,9 +102,131 @@ def lower_to_c(funcs: dict) -> tirx.PrimFunc:
         s_tir.transform.LowerOpaqueBlock(), tirx.transform.FlattenBuffer(),
         tirx.transform.NarrowDataType(32), tirx.transform.StorageRewrite(),
         tirx.transform.StmtSimplify(), tirx.transform.RemoveNoOp(),
-        tirx.transform.LowerIntrin(), _pointer_params,
+        tirx.transform.LowerIntrin(), _dot_products, _exact_floats, _pointer_params,
     ])(mod)
     return mod
+
+
+LOAD = tvm.ir.expr.TensorLoad  # what tirx.BufferLoad builds: .source is the buffer
+DOT_MIN = 8  # shorter reductions stay scalar: the call and its tail do not pay below this
+
+
+@tirx.transform.prim_func_pass(opt_level=0, name="tvm_patch.DotProducts")
+def _dot_products(func, _mod, _ctx):
+    """Innermost int8 multiply-accumulate loops over contiguous bytes,
+        for v in range(n): [if P and v == 0: acc = 0]; acc += (int32(X[i + v]) + c) * int32(W[j + v])
+    (X possibly read as if_then_else(Q, X[..], pad) with Q independent of v and pad + c == 0,
+    the zero-point padding of a convolution), become one tvmp_dot_s8 call, which the
+    Cortex-M7 runs with its SIMD (SMLAD) instructions."""
+    def visit(loop, mutator):
+        loop = mutator.default_mutate(loop)
+        return _as_dot_product(loop) or loop
+    return func.with_body(tvm_ffi.structural_mutate(func.body, [(tirx.For, visit)]))
+
+
+def _as_dot_product(loop):
+    v, n = loop.loop_var, loop.extent
+    if not (isinstance(n, tirx.IntImm) and n.value >= DOT_MIN and _is_zero(loop.min)):
+        return None
+    body = list(loop.body.seq) if isinstance(loop.body, tirx.SeqStmt) else [loop.body]
+    init = body[0] if len(body) == 2 else None
+    update = body[-1]
+    if len(body) > 2 or not isinstance(update, tirx.BufferStore):
+        return None
+    acc, idx = update.buffer, update.indices
+    value = update.value
+    if not (isinstance(value, tirx.Add) and isinstance(value.a, LOAD)
+            and value.a.source.same_as(acc) and isinstance(value.b, tirx.Mul)
+            and not any(_uses(i, v) for i in idx)):
+        return None
+    lhs, rhs = value.b.a, value.b.b
+    if not (isinstance(lhs, tirx.Add) and isinstance(lhs.a, tirx.Cast)
+            and isinstance(lhs.b, tirx.IntImm) and isinstance(rhs, tirx.Cast)
+            and isinstance(rhs.value, LOAD)):
+        return None
+    offset, x, w, guard = lhs.b.value, lhs.a.value, rhs.value, None
+    if isinstance(x, tvm.ir.Call) and x.op.name.endswith(".if_then_else"):
+        guard, x, pad = x.args
+        if not (isinstance(pad, tirx.IntImm) and pad.value + offset == 0) or _uses(guard, v):
+            return None
+    if not (isinstance(x, LOAD) and all(str(b.dtype) == "int8" for b in
+                                                    (x.source, w.source))
+            and _unit_stride(x, v) and _unit_stride(w, v)):
+        return None
+    zero = {v: tirx.IntImm(str(v.ty.dtype), 0)}
+    dot = tirx.call_extern("int32", "tvmp_dot_s8",
+                           tirx.address_of(tirx.BufferLoad(x.source, [_subst(x.indices[0], zero)])),
+                           tirx.address_of(tirx.BufferLoad(w.source, [_subst(w.indices[0], zero)])),
+                           n, offset)
+    result = tirx.BufferStore(acc, tirx.BufferLoad(acc, idx) + dot, idx)
+    if guard is not None:
+        result = tirx.IfThenElse(guard, result, None)
+    if init is None:
+        return result
+    hoisted = _without_first_iteration_test(init, v)
+    return None if hoisted is None else tirx.SeqStmt([hoisted, result])
+
+
+def _without_first_iteration_test(init, v):
+    """`if P and v == 0: acc = 0` as `if P: acc = 0` (None when init is not of that form)."""
+    if not (isinstance(init, tirx.IfThenElse) and init.else_case is None):
+        return None
+    terms, stack = [], [init.condition]
+    while stack:
+        t = stack.pop()
+        if isinstance(t, tirx.And):
+            stack += [t.a, t.b]
+        else:
+            terms.append(t)
+    first = [t for t in terms if isinstance(t, tirx.EQ) and t.a.same_as(v) and _is_zero(t.b)]
+    rest = [t for t in terms if not any(t.same_as(f) for f in first)]
+    if len(first) != 1 or any(_uses(t, v) for t in rest) or _uses(init.then_case, v):
+        return None
+    if not rest:
+        return init.then_case
+    condition = rest[0]
+    for t in rest[1:]:
+        condition = tirx.And(condition, t)
+    return tirx.IfThenElse(condition, init.then_case, None)
+
+
+def _unit_stride(load, v) -> bool:
+    if len(load.indices) != 1:
+        return False
+    coeffs = tvm.sym.detect_linear_equation(load.indices[0], [v])
+    return len(coeffs) == 2 and isinstance(coeffs[0], tirx.IntImm) and coeffs[0].value == 1
+
+
+def _is_zero(e) -> bool:
+    return isinstance(e, tirx.IntImm) and e.value == 0
+
+
+def _uses(node, v) -> bool:
+    found = []
+    tvm_ffi.structural_walk(node, [(tirx.Var, lambda u: found.append(u.same_as(v)))],
+                            order="post")
+    return any(found)
+
+
+def _subst(expr, values: dict):
+    def visit(u, _mutator):
+        for var, value in values.items():
+            if u.same_as(var):
+                return value
+        return u
+    return tvm_ffi.structural_mutate(expr, [(tirx.Var, visit)])
+
+
+@tirx.transform.prim_func_pass(opt_level=0, name="tvm_patch.ExactFloats")
+def _exact_floats(func, _mod, _ctx):
+    """float32 constants as their bit patterns (tvmp_f32, folded back by the compiler):
+    the C code generator prints 7 significant digits, which changes quantization scales."""
+    def visit(imm, _mutator):
+        if str(imm.ty.dtype) != "float32":
+            raise ModelError(f"{imm.ty.dtype} constant in a kernel: only float32 is supported")
+        bits = int(np.array(imm.value, np.float32).view(np.uint32))
+        return tirx.call_extern("float32", "tvmp_f32", tirx.IntImm("uint32", bits))
+    return func.with_body(tvm_ffi.structural_mutate(func.body, [(tirx.FloatImm, visit)]))
 
 
 @tirx.transform.prim_func_pass(opt_level=0, name="tvm_patch.PointerParams")
@@ -94,6 +250,8 @@ def kernels_c(mod) -> tuple:
     lines = source.splitlines()
     prototypes, body, skip = [], [], True
     for line in lines:
+        if line.endswith(";") and re.match(r"(TVM_DLL )?\w+ tvmp_\w+\(", line):
+            continue  # our helpers, defined in tvmp_kernels.h
         if line.startswith("TVM_DLL") and line.endswith(";"):
             prototypes.append(line.replace("TVM_DLL ", ""))
             continue

@@ -76,9 +76,9 @@ static uint32_t stack_high_water(void) {
   return (uint32_t)((uint8_t*)_estack - (uint8_t*)p);
 }
 
-static void paint_stack(void) {
-  uint32_t here;
-  for (uint32_t* p = _sstack; p < &here - 16; ++p) *p = STACK_PAINT;
+static void paint_stack(void) { /* up to 64 bytes below this function's frame */
+  uint32_t* frame = (uint32_t*)__builtin_frame_address(0);
+  for (uint32_t* p = _sstack; p < frame - 16; ++p) *p = STACK_PAINT;
 }
 
 /* Reads the rest of a frame whose payload goes to dst (NULL: dropped); checks its CRC. */
