@@ -6,6 +6,7 @@ setup(
     description="Patch-based inference for microcontrollers on Apache TVM (Relax/TIR)",
     python_requires=">=3.10",
     packages=find_packages(include=["tvm_patch", "tvm_patch.*"]),
+    package_data={"tvm_patch.mcu": ["firmware/*.c", "firmware/*.h"]},
     install_requires=[
         "apache-tvm==0.27.*",
         "numpy",
@@ -16,6 +17,7 @@ setup(
         "cython",
         "matplotlib",
         "tqdm",
+        "pyserial",
     ],
     extras_require={
         "test": ["pytest", "hypothesis", "tflite-micro", "onnxruntime"],

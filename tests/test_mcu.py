@@ -26,8 +26,9 @@ if any(shutil.which(t) is None for t in TOOLS):
         raise RuntimeError(f"CI needs {', '.join(TOOLS)}: scripts/setup.sh installs them")
     pytest.skip("the Cortex-M7 toolchain or emulator is not installed", allow_module_level=True)
 
-# Models beyond the STM32F746 budget: their arena or constants cannot fit 320 KB / 1 MB
-TOO_LARGE = {"mbv2-w1.0-r224"}
+# Models beyond the STM32F746 budget: arena (1.4 MB) or weights (1.7 MB: the 1280x1000
+# classifier) cannot fit 320 KB / 1 MB; test_models_too_large_* checks their messages
+TOO_LARGE = {"mbv2-w1.0-r224", "mbv2-w0.35-r144"}
 
 
 class OnDevice:
@@ -95,6 +96,14 @@ def test_model_too_large_for_the_board_fails_at_build_time(tmp_path):
     msg = str(e.value)
     assert "does not fit the qemu-m7 RAM" in msg and "arena 1,404,928 B" in msg
     assert msg.count("step") >= 8 and "live" in msg  # the per-layer breakdown
+
+
+def test_weights_too_large_for_flash_fail_at_build_time(tmp_path):
+    mod = tvm_patch.load(zoo_model("mbv2-w0.35-r144"))
+    with pytest.raises(ModelError, match=r"does not fit the stm32f746 Flash: its constants "
+                                         r"alone take 1,759,552 B > 1,048,576 B"):
+        mcu.compile(mod, "stm32f746", tmp_path)
+    assert not os.listdir(tmp_path)  # refused before writing anything
 
 
 def test_link_overflow_is_reported_with_the_breakdown(tmp_path):

@@ -114,7 +114,7 @@ DOT_MIN = 8  # shorter reductions stay scalar: the call and its tail do not pay 
 @tirx.transform.prim_func_pass(opt_level=0, name="tvm_patch.DotProducts")
 def _dot_products(func, _mod, _ctx):
     """Innermost int8 multiply-accumulate loops over contiguous bytes,
-        for v in range(n): [if P and v == 0: acc = 0]; acc += (int32(X[i + v]) + c) * int32(W[j + v])
+        for v in range(n): [if R:] [if P and v == 0: acc = 0]; acc += (int32(X[i + v]) + c) * int32(W[j + v])
     (X possibly read as if_then_else(Q, X[..], pad) with Q independent of v and pad + c == 0,
     the zero-point padding of a convolution), become one tvmp_dot_s8 call, which the
     Cortex-M7 runs with its SIMD (SMLAD) instructions."""
@@ -128,7 +128,11 @@ def _as_dot_product(loop):
     v, n = loop.loop_var, loop.extent
     if not (isinstance(n, tirx.IntImm) and n.value >= DOT_MIN and _is_zero(loop.min)):
         return None
-    body = list(loop.body.seq) if isinstance(loop.body, tirx.SeqStmt) else [loop.body]
+    body, predicate = loop.body, None
+    if isinstance(body, tirx.IfThenElse) and body.else_case is None \
+            and not _uses(body.condition, v):  # a patch stage's accumulator predicate
+        body, predicate = body.then_case, body.condition
+    body = list(body.seq) if isinstance(body, tirx.SeqStmt) else [body]
     init = body[0] if len(body) == 2 else None
     update = body[-1]
     if len(body) > 2 or not isinstance(update, tirx.BufferStore):
@@ -161,10 +165,12 @@ def _as_dot_product(loop):
     result = tirx.BufferStore(acc, tirx.BufferLoad(acc, idx) + dot, idx)
     if guard is not None:
         result = tirx.IfThenElse(guard, result, None)
-    if init is None:
-        return result
-    hoisted = _without_first_iteration_test(init, v)
-    return None if hoisted is None else tirx.SeqStmt([hoisted, result])
+    if init is not None:
+        hoisted = _without_first_iteration_test(init, v)
+        if hoisted is None:
+            return None
+        result = tirx.SeqStmt([hoisted, result])
+    return result if predicate is None else tirx.IfThenElse(predicate, result, None)
 
 
 def _without_first_iteration_test(init, v):
@@ -274,7 +280,7 @@ C_TYPES = {"int8": "int8_t", "uint8": "uint8_t", "int16": "int16_t", "int32": "i
 def model_sources(mod, plan: Plan, model: str) -> Sources:
     """kernels.c, tvmp_kernels.h, model.c, tvmp_model.h, weights.S and weights.bin."""
     kernels, prototypes = kernels_c(mod)
-    blob, const_names, layout = _weights(plan.constants)
+    blob, const_names, layout = weight_blob(plan.constants)
     files = {
         "kernels.c": PREAMBLE.format(model=model) + kernels,
         "tvmp_kernels.h": KERNELS_H % "\n".join(prototypes),
@@ -289,7 +295,7 @@ def model_sources(mod, plan: Plan, model: str) -> Sources:
     return Sources(files, len(blob), int(digest[:8], 16))
 
 
-def _weights(constants: list) -> tuple:
+def weight_blob(constants: list) -> tuple:
     """One blob of every distinct constant, each ALIGN-aligned: (bytes, name per constant
     index, [(name, offset, nbytes, dtype)])."""
     blob, names, layout, seen = bytearray(), [], [], {}

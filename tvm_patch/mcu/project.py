@@ -15,7 +15,7 @@ from importlib import resources
 
 from ..analysis.memory import largest_steps, plan_memory
 from ..graph import ModelError
-from .codegen import model_sources
+from .codegen import model_sources, weight_blob
 
 KB = 1024
 RAM_ORIGIN, RAM_BYTES, FLASH_BYTES = 0x20000000, 320 * KB, 1024 * KB  # STM32F746
@@ -71,10 +71,11 @@ def write_project(mod, target: str, directory, stack_bytes: int = STACK_BYTES) -
             f"{model} does not fit the {b.name} RAM: arena {plan.arena_bytes:,} B + stack "
             f"{stack_bytes:,} B > {RAM_BYTES:,} B; the layers with the most live memory:\n"
             f"{breakdown}")
-    sources = model_sources(mod, plan, model)
-    if sources.weight_bytes > FLASH_BYTES:
+    weights = len(weight_blob(plan.constants)[0])
+    if weights > FLASH_BYTES:
         raise ModelError(f"{model} does not fit the {b.name} Flash: its constants alone take "
-                         f"{sources.weight_bytes:,} B > {FLASH_BYTES:,} B")
+                         f"{weights:,} B > {FLASH_BYTES:,} B")
+    sources = model_sources(mod, plan, model)
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
     for name, text in sources.files.items():
