@@ -17,7 +17,29 @@ from tvm_patch.analysis.memory import plan_memory
 from tvm_patch.graph import ModelError
 from tvm_patch.mcu.session import frame
 from tvm_patch.passes import PatchBasedInference
+from hypothesis import HealthCheck, event, given, settings, strategies as st
+
 from conftest import SHARED, assert_bit_exact, compiled_model, random_inputs, shared_model
+from random_cnn import Layer, Spec, build as build_cnn
+
+
+@st.composite
+def simd_cnns(draw):
+    """Chains of convolutions whose channel counts hit the SIMD dot product's 8-byte
+    threshold and every remainder of its 4-byte steps, with depthwise and residual layers."""
+    spec = Spec(draw(st.integers(6, 17)), draw(st.integers(6, 17)), draw(st.integers(1, 16)),
+                seed=draw(st.integers(0, 2**31 - 1)))
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["conv", "conv", "dw", "add"]))
+        layer = Layer(kind, activation=draw(st.sampled_from(["NONE", "RELU", "RELU6"])))
+        if kind in ("conv", "dw"):
+            layer.kernel = draw(st.sampled_from([1, 3]))
+            layer.stride = draw(st.sampled_from([1, 1, 2]))
+        if kind == "conv":
+            layer.channels = draw(st.integers(4, 20))
+        spec.layers.append(layer)
+    spec.layers.append(Layer("avgpool", kernel=3, stride=2))  # a stage is never the whole net
+    return spec
 from test_models_exact import ZOO, zoo_model
 
 TOOLS = ("arm-none-eabi-gcc", "qemu-system-arm", "make", "gcc")
@@ -86,6 +108,34 @@ def test_zoo_model_on_emulator(key, patched, tmp_path):
     if patched:
         mod = PatchBasedInference()(mod)
     _check_on_emulator(data, mod, tmp_path)
+
+
+@settings(max_examples=16, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=simd_cnns(), data=st.data())
+def test_random_cnn_on_emulator_bit_exact(spec, data, tmp_path_factory):
+    """Random small CNNs (channel counts around the SIMD dot product's 8 and its 4-byte
+    steps), layer by layer or under a random patch schedule, on the emulated Cortex-M7."""
+    from tvm_patch.frontend import read
+    from tvm_patch.passes import stage_ops
+    model = build_cnn(spec)
+    mod = tvm_patch.load(model)
+    convs = sum(layer.kind in ("conv", "dw") for layer in spec.layers)
+    if convs and data.draw(st.integers(0, 3), label="patched unless 0"):
+        split = data.draw(st.integers(1, convs), label="split")
+        try:
+            stage_ops(read(model), split)
+            mod = PatchBasedInference(split=split, patches=data.draw(
+                st.integers(2, 3), label="patches"))(mod)
+        except ModelError as e:  # no such stage in this net: layer by layer
+            event(f"no stage: {str(e).split(':')[0]}")
+    directory = tmp_path_factory.mktemp("cnn")
+    _firmware(mod, directory)
+    dots = (directory / "kernels.c").read_text().count("tvmp_dot_s8(")
+    event(f"{dots} SIMD dot-product loops" if dots < 3 else "3+ SIMD dot-product loops")
+    event("patch stage" if "patch_stage" in (directory / "model.c").read_text() else
+          "layer by layer")
+    with mcu.Session(directory) as session:
+        assert_bit_exact(model, OnDevice(session), n=1, seed=spec.seed)
 
 
 @pytest.mark.slow
