@@ -100,7 +100,7 @@ def main() -> int:
     args = parser.parse_args()
     bench = Bench(args.models)
     labels = [m for m in (QUICK if args.quick else MODELS) if bench.available(m)]
-    rows, kinds, failures = [], {}, 0
+    rows, kinds, failures, notes = [], {}, 0, []
     for label in labels:
         data = bench.source(label)
         data = data if isinstance(data, bytes) else open(data, "rb").read()
@@ -112,7 +112,9 @@ def main() -> int:
             result, why = run_one(bench, label, patched, kinds)
             sched = "patch-based (auto)" if patched else "layer by layer"
             if result is None:
-                rows.append([label, sched, why, "", "", "", "", "", "", "", tflm])
+                notes.append(f"[{len(notes) + 1}] {label}, {sched}: {why}")
+                rows.append([label, sched, f"does not fit [{len(notes)}]", "", "", "", "", "",
+                             "", "", tflm])
                 continue
             fw = result["fw"]
             failures += not result["exact"]
@@ -126,6 +128,7 @@ def main() -> int:
     print(table(["model", "schedule", "arena B", "Flash B", "static RAM B", "stack B",
                  "instr/inference", "instr/MAC", "bit-exact", "build s", "TFLM arena B"],
                 rows, left=(0, 1)))
+    print("\n".join([""] + notes))
     print("\nInstructions per MAC by convolution kind (layer by layer, all models above):\n")
     print(table(["kind", "instructions", "MACs", "instr/MAC"],
                 [[k, b(n), b(m), f"{n / m:.2f}"] for k, (n, m) in sorted(kinds.items())]))
