@@ -197,6 +197,17 @@ def resnet8_project(tmp_path_factory):
     return directory, tvm_patch.build(mod)
 
 
+def test_convolutions_use_the_dsp_instructions(resnet8_project):
+    import subprocess
+    directory, _ = resnet8_project
+    kernels = (directory / "kernels.c").read_text()
+    assert kernels.count("tvmp_dot_s8(") >= 6  # every 3x3 conv over 16+ channels, and the FC
+    asm = subprocess.run(["arm-none-eabi-objdump", "-d", str(directory / "build" /
+                                                             "firmware.elf")],
+                         capture_output=True, text=True, check=True).stdout
+    assert "smlad" in asm and "sxtab16" in asm
+
+
 def test_session_round_trip_and_counters(resnet8_project):
     directory, host = resnet8_project
     x = next(random_inputs(host, 1, seed=3))

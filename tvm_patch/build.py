@@ -32,7 +32,11 @@ def pipeline(target="llvm", **patch) -> tvm.transform.Pass:
 def build(mod, target: str = "host", **patch) -> HostModel:
     """Compiles for the host over the arena plan; `patch` as for passes()."""
     if target not in HOST_TARGETS:
-        raise ModelError(f"unknown target {target!r}: expected one of {', '.join(HOST_TARGETS)}")
+        from .mcu import BOARDS
+        hint = (f"; for a microcontroller use tvm_patch.mcu.compile(mod, {target!r}, DIR) and "
+                "tvm_patch.mcu.Session(DIR)" if target in BOARDS else "")
+        raise ModelError(f"unknown target {target!r}: expected one of "
+                         f"{', '.join(HOST_TARGETS)}{hint}")
     for p in passes(**patch):
         mod = p(mod)
     return HostModel(mod)
