@@ -64,16 +64,16 @@ class OnDevice:
         return self.session.run_model(*inputs)
 
 
-def _firmware(mod, directory):
-    fw = mcu.compile(mod, "qemu-m7", directory)
+def _firmware(mod, directory, budget="stm32f746"):
+    fw = mcu.compile(mod, "qemu-m7", directory, budget=budget)
     assert fw.arena_bytes == plan_memory(mod).arena_bytes  # the map's arena is the plan's
-    assert fw.static_ram_bytes + fw.stack_reserved <= mcu.RAM_BYTES
-    assert fw.flash_bytes <= mcu.FLASH_BYTES
+    ram, flash = mcu.project.BUDGETS[budget]
+    assert fw.static_ram_bytes + fw.stack_reserved <= ram and fw.flash_bytes <= flash
     return fw
 
 
-def _check_on_emulator(data, mod, directory, host=None, n=2):
-    _firmware(mod, directory)
+def _check_on_emulator(data, mod, directory, host=None, n=2, budget="stm32f746"):
+    _firmware(mod, directory, budget)
     with mcu.Session(directory) as session:
         device = OnDevice(session)
         assert_bit_exact(data, device, n=n)
@@ -101,13 +101,16 @@ def test_shared_model_on_emulator(name, patched, tmp_path):
 
 
 @pytest.mark.parametrize("patched", [False, True], ids=["layer", "patched"])
-@pytest.mark.parametrize("key", [k for k in ZOO if k not in TOO_LARGE])
+@pytest.mark.parametrize("key", [pytest.param(k, marks=pytest.mark.slow) if k in TOO_LARGE
+                                 else k for k in ZOO])
 def test_zoo_model_on_emulator(key, patched, tmp_path):
+    """Models beyond the STM32F746 run with the emulated board's own 4 MB + 4 MB."""
     data = zoo_model(key)
     mod = tvm_patch.load(data)
     if patched:
         mod = PatchBasedInference()(mod)
-    _check_on_emulator(data, mod, tmp_path)
+    _check_on_emulator(data, mod, tmp_path, n=1 if key in TOO_LARGE else 2,
+                       budget="mps2-an500" if key in TOO_LARGE else "stm32f746")
 
 
 @settings(max_examples=16, deadline=None, suppress_health_check=[HealthCheck.too_slow])

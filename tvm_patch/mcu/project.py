@@ -19,6 +19,9 @@ from .codegen import model_sources, weight_blob
 
 KB = 1024
 RAM_ORIGIN, RAM_BYTES, FLASH_BYTES = 0x20000000, 320 * KB, 1024 * KB  # STM32F746
+# The emulated board's own SSRAMs (4 MB at 0x0, 4 MB at 0x20000000): for checking models
+# beyond the STM32F746 on the emulator. Not a real microcontroller's budget.
+BUDGETS = {"stm32f746": (RAM_BYTES, FLASH_BYTES), "mps2-an500": (4096 * KB, 4096 * KB)}
 STACK_BYTES = 8 * KB
 CFLAGS = "-mcpu=cortex-m7 -mthumb -mfpu=fpv5-sp-d16 -mfloat-abi=hard"
 
@@ -58,23 +61,29 @@ def board(target: str) -> Board:
     return BOARDS[target]
 
 
-def write_project(mod, target: str, directory, stack_bytes: int = STACK_BYTES) -> dict:
+def write_project(mod, target: str, directory, stack_bytes: int = STACK_BYTES,
+                  budget: str = "stm32f746") -> dict:
     """Writes the project for `mod` into `directory`; returns its description, also saved
-    as project.json. Fails before writing when the arena cannot fit the board's RAM."""
+    as project.json. Fails before writing when the arena cannot fit the budget's RAM or the
+    weights its Flash. budget "mps2-an500" (qemu-m7 only) gives the emulator's 4 MB + 4 MB."""
     b = board(target)
+    if budget not in BUDGETS or (budget != "stm32f746" and target != "qemu-m7"):
+        raise ModelError(f"budget {budget!r}: {target} builds use "
+                         f"{'stm32f746' if target != 'qemu-m7' else ' or '.join(BUDGETS)}")
+    ram_bytes, flash_bytes = BUDGETS[budget]
     plan = plan_memory(mod)
     model = str(mod["main"].attrs.get("tvm_patch.model", "model"))
     ram_need = plan.arena_bytes + stack_bytes
     breakdown = largest_steps(plan)
-    if ram_need > RAM_BYTES:
+    if ram_need > ram_bytes:
         raise ModelError(
             f"{model} does not fit the {b.name} RAM: arena {plan.arena_bytes:,} B + stack "
-            f"{stack_bytes:,} B > {RAM_BYTES:,} B; the layers with the most live memory:\n"
+            f"{stack_bytes:,} B > {ram_bytes:,} B; the layers with the most live memory:\n"
             f"{breakdown}")
     weights = len(weight_blob(plan.constants)[0])
-    if weights > FLASH_BYTES:
+    if weights > flash_bytes:
         raise ModelError(f"{model} does not fit the {b.name} Flash: its constants alone take "
-                         f"{weights:,} B > {FLASH_BYTES:,} B")
+                         f"{weights:,} B > {flash_bytes:,} B")
     sources = model_sources(mod, plan, model)
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
@@ -86,13 +95,14 @@ def write_project(mod, target: str, directory, stack_bytes: int = STACK_BYTES) -
         shutil.copyfile(firmware / name, os.path.join(directory, name))
     shutil.copyfile(firmware / b.source, os.path.join(directory, "board.c"))
     with open(os.path.join(directory, "firmware.ld"), "w") as f:
-        f.write(_linker_script(b, stack_bytes))
+        f.write(_linker_script(b, stack_bytes, ram_bytes, flash_bytes))
     with open(os.path.join(directory, "Makefile"), "w") as f:
         f.write(_makefile(b))
     description = {
         "model": model, "target": b.name, "board": b.description,
         "model_id": sources.model_id, "arena_bytes": plan.arena_bytes,
         "stack_bytes": stack_bytes, "weight_bytes": sources.weight_bytes,
+        "budget": budget, "ram_bytes": ram_bytes, "flash_bytes": flash_bytes,
         "inputs": [_io(plan, n) for n in plan.inputs],
         "outputs": [_io(plan, n) for n in plan.outputs],
         "layers": [{"func": s.func, "kind": s.op.get("kind", s.func), "macs": s.macs,
@@ -111,12 +121,12 @@ def _io(plan, name) -> dict:
     return {"name": name, "shape": list(shape), "dtype": dtype}
 
 
-def _linker_script(b: Board, stack_bytes: int) -> str:
-    return f"""/* {b.description}. The STM32F746 budget: a model that does not fit fails here. */
+def _linker_script(b: Board, stack_bytes: int, ram_bytes: int, flash_bytes: int) -> str:
+    return f"""/* {b.description}. The memory budget: a model that does not fit fails here. */
 MEMORY
 {{
-  FLASH (rx) : ORIGIN = 0x{b.flash_origin:08X}, LENGTH = {FLASH_BYTES // KB}K
-  RAM (rwx)  : ORIGIN = 0x{RAM_ORIGIN:08X}, LENGTH = {RAM_BYTES // KB}K
+  FLASH (rx) : ORIGIN = 0x{b.flash_origin:08X}, LENGTH = {flash_bytes // KB}K
+  RAM (rwx)  : ORIGIN = 0x{RAM_ORIGIN:08X}, LENGTH = {ram_bytes // KB}K
 }}
 ENTRY(Reset_Handler)
 
@@ -181,7 +191,8 @@ def build_firmware(directory) -> Firmware:
         if overflow:
             what = ", ".join(f"{region} by {int(n):,} B" for region, n in overflow)
             raise ModelError(f"{project['model']} does not fit the {project['target']} "
-                             f"budget (RAM {RAM_BYTES:,} B, Flash {FLASH_BYTES:,} B): the link "
+                             f"budget (RAM {project['ram_bytes']:,} B, Flash "
+                             f"{project['flash_bytes']:,} B): the link "
                              f"overflows {what}; arena {project['arena_bytes']:,} B; the layers "
                              f"with the most live memory:\n{project['breakdown']}")
         raise ModelError(f"building the firmware failed:\n{done.stderr[-2000:]}")
