@@ -270,6 +270,32 @@ def test_killed_emulator_mid_run_gives_a_clear_error(resnet8_project):
         killer.join()
 
 
+def test_session_over_a_serial_port(resnet8_project):
+    """The board path (pyserial) end to end: the emulator's UART as a pseudo-terminal."""
+    import re
+    import subprocess
+    directory, host = resnet8_project
+    qemu = subprocess.Popen(
+        ["qemu-system-arm", "-M", "mps2-an500", "-cpu", "cortex-m7", "-display", "none",
+         "-monitor", "none", "-serial", "pty", "-kernel",
+         str(directory / "build" / "firmware.elf")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        port = re.search(r"(/dev/pts/\d+)", qemu.stdout.readline()).group(1)
+        x = next(random_inputs(host, 1, seed=5))
+        with mcu.Session(directory, port=port, timeout=20) as s:
+            assert np.array_equal(s.run_model(x)[0], host.run(x)[0])
+            assert s.counters.cycles is None and s.counters.instructions is None
+            assert s.counters.stack_bytes > 0
+        qemu.kill()
+        qemu.wait()
+        with pytest.raises(mcu.DeviceError):
+            mcu.Session(directory, port=port, timeout=2)
+    finally:
+        qemu.kill()
+        qemu.wait()
+
+
 def test_cli_build_and_run_on_emulator(tmp_path, capsys):
     import json
     from tvm_patch.cli import main
