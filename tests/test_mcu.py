@@ -236,6 +236,10 @@ def test_session_rejects_bad_input(resnet8_project):
             s.set_input(0, np.zeros((1, 8, 8, 3), np.int8))
         with pytest.raises(ModelError, match="expected dtype"):
             s.set_input(0, np.zeros((1, 32, 32, 3), np.float32))
+        with pytest.raises(ModelError, match="no input 1"):
+            s.set_input(1, np.zeros((1, 32, 32, 3), np.int8))
+        with pytest.raises(ModelError, match="no output 2"):
+            s.get_output(2)
         # a corrupted frame is refused by the device, which stays usable
         bad = bytearray(frame(ord("W"), struct.pack("<BI", 0, 0) + b"\1\2\3"))
         bad[-1] ^= 0xFF

@@ -97,8 +97,14 @@ class Session:
         return info
 
     # --- the model -------------------------------------------------------------------
+    def _spec(self, kind: str, index: int) -> dict:
+        specs = self.project[kind]
+        if not 0 <= index < len(specs):
+            raise ModelError(f"the model has {len(specs)} {kind[:-1]}(s): no {kind[:-1]} {index}")
+        return specs[index]
+
     def set_input(self, index: int, value):
-        spec = self.project["inputs"][index]
+        spec = self._spec("inputs", index)
         value = np.ascontiguousarray(value)
         check_inputs([value], [(tuple(spec["shape"]), spec["dtype"])])
         data = value.tobytes()
@@ -129,7 +135,7 @@ class Session:
         return counters
 
     def get_output(self, index: int) -> np.ndarray:
-        spec = self.project["outputs"][index]
+        spec = self._spec("outputs", index)
         nbytes = int(np.prod(spec["shape"])) * np.dtype(spec["dtype"]).itemsize
         data = b"".join(self._call(b"O", struct.pack("<BII", index, off,
                                                       min(CHUNK, nbytes - off)))
