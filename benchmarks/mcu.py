@@ -4,6 +4,7 @@ patch pass picks ("auto"), each run once through a host-driven session and check
 bit-exact against TFLite Micro.
 
     python benchmarks/mcu.py [--quick] [--models DIR]
+    python benchmarks/mcu.py --layers "demo (zoo)"      # per-layer instructions of one model
 
 Accounting rules (bytes):
   Flash       .isr_vector + .text (code, rodata, weights) + .ARM.exidx + .data initializers,
@@ -90,15 +91,39 @@ def run_one(bench: Bench, label: str, patched: bool, kinds: dict):
             k[0] += n
             k[1] += layer["macs"]
     return {"fw": fw, "instructions": c.instructions, "stack": c.stack_bytes, "macs": macs,
-            "exact": exact, "build_s": build_s}, None
+            "exact": exact, "build_s": build_s, "layers": layers,
+            "layer_instructions": c.layer_instructions}, None
+
+
+def per_layer(bench: Bench, label: str) -> int:
+    """Instructions per layer, layer by layer and patch-based, for one model."""
+    for patched in (False, True):
+        result, why = run_one(bench, label, patched, {})
+        sched = "patch-based (auto)" if patched else "layer by layer"
+        if result is None:
+            print(f"{label}, {sched}: {why}\n")
+            continue
+        rows = [[k, layer["func"], b(layer["macs"]), b(n),
+                 f"{n / layer['macs']:.2f}" if layer["macs"] else "-"]
+                for k, (layer, n) in enumerate(zip(result["layers"],
+                                                   result["layer_instructions"]))]
+        print(f"{label}, {sched}: {b(result['instructions'])} instructions, "
+              f"bit-exact {'yes' if result['exact'] else 'NO'}\n")
+        print(table(["#", "kernel", "MACs", "instructions", "instr/MAC"], rows, left=(1,)))
+        print()
+    return 0
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
     parser.add_argument("--models", default=patch.DEFAULT_MODELS)
+    parser.add_argument("--layers", metavar="MODEL", choices=MODELS,
+                        help="per-layer instructions of one model instead")
     args = parser.parse_args()
     bench = Bench(args.models)
+    if args.layers:
+        return per_layer(bench, args.layers)
     labels = [m for m in (QUICK if args.quick else MODELS) if bench.available(m)]
     rows, kinds, failures, notes = [], {}, 0, []
     for label in labels:
