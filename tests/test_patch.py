@@ -265,9 +265,12 @@ def test_mbv2_stage_kernel_tiles_in_workspace_and_bit_exact(mbv2):
         t = graph.t(op.outputs[0])
         args = [tvm.runtime.tensor(values[n]) for n in activation_inputs(op, graph)]
         args += [tvm.runtime.tensor(c) for c in kern.consts]
-        args.append(tvm.runtime.tensor(np.zeros(t.shape, t.dtype)))
+        out = tvm.runtime.tensor(np.zeros(t.shape, t.dtype))
+        args.append(out)
+        if kern.workspace:
+            args.append(tvm.runtime.tensor(np.zeros(kern.scratch_bytes, np.int8)))
         op_lib[f"op{k}"](*args)
-        values[op.outputs[0]] = args[-1].numpy()
+        values[op.outputs[0]] = out.numpy()
     assert_outputs_equal([via_patches], [values[stage.output]], "stage vs layer by layer")
 
 
