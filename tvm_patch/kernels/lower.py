@@ -147,10 +147,14 @@ def allocated_buffers(func: tirx.PrimFunc) -> dict:
 def compact(func: tirx.PrimFunc) -> tirx.PrimFunc:
     """The function with each allocation moved to where it is used and shrunk to the
     region accessed there (TVM's own passes, as its lowering runs them)."""
-    return tvm.transform.Sequential([
-        s_tir.transform.LowerInitBlock(), s_tir.transform.PlanAndUpdateBufferAllocationLocation(),
-        s_tir.transform.ConvertBlocksToOpaque(), s_tir.transform.CompactBufferAllocation(),
-    ])(tvm.IRModule({"main": func}))["main"]
+    return tvm.transform.Sequential(compaction_passes())(tvm.IRModule({"main": func}))["main"]
+
+
+def compaction_passes() -> list:
+    """TVM's passes that move each allocation to where it is used and shrink it there."""
+    return [s_tir.transform.LowerInitBlock(),
+            s_tir.transform.PlanAndUpdateBufferAllocationLocation(),
+            s_tir.transform.ConvertBlocksToOpaque(), s_tir.transform.CompactBufferAllocation()]
 
 
 def allocations(body) -> list:

@@ -18,6 +18,7 @@ from tvm import s_tir, tirx
 
 from ..analysis.memory import ALIGN, Plan
 from ..graph import ModelError
+from ..kernels.lower import compaction_passes
 
 C_TARGET = tvm.target.Target({"kind": "c"})
 KERNELS_H = """\
@@ -89,15 +90,13 @@ class Sources:
     model_id: int        # also compiled into the firmware, so a session knows what it talks to
 
 
-def lower_to_c(funcs: dict) -> tirx.PrimFunc:
+def lower_to_c(funcs: dict) -> tvm.IRModule:
     """name -> scheduled PrimFunc, lowered for plain C: tensors are flat arrays behind raw
     pointers, one-element buffers are C locals."""
     mod = tvm.IRModule({name: f.with_attr("global_symbol", name) for name, f in funcs.items()})
     mod = tirx.transform.BindTarget(C_TARGET)(mod)
     mod = tvm.transform.Sequential([
-        s_tir.transform.CanonicalizeLoop(), s_tir.transform.LowerInitBlock(),
-        s_tir.transform.PlanAndUpdateBufferAllocationLocation(),
-        s_tir.transform.ConvertBlocksToOpaque(), s_tir.transform.CompactBufferAllocation(),
+        s_tir.transform.CanonicalizeLoop(), *compaction_passes(),
         s_tir.transform.LowerMatchBuffer(), s_tir.transform.StmtSimplify(),
         s_tir.transform.LowerOpaqueBlock(), tirx.transform.FlattenBuffer(),
         tirx.transform.NarrowDataType(32), tirx.transform.StorageRewrite(),
@@ -277,10 +276,11 @@ C_TYPES = {"int8": "int8_t", "uint8": "uint8_t", "int16": "int16_t", "int32": "i
            "int64": "int64_t", "float32": "float", "bool": "bool"}
 
 
-def model_sources(mod, plan: Plan, model: str) -> Sources:
-    """kernels.c, tvmp_kernels.h, model.c, tvmp_model.h, weights.S and weights.bin."""
+def model_sources(mod, plan: Plan, model: str, weights: tuple | None = None) -> Sources:
+    """kernels.c, tvmp_kernels.h, model.c, tvmp_model.h, weights.S and weights.bin;
+    `weights`: weight_blob(plan.constants) when the caller has it already."""
     kernels, prototypes = kernels_c(mod)
-    blob, const_names, layout = weight_blob(plan.constants)
+    blob, const_names, layout = weights or weight_blob(plan.constants)
     files = {
         "kernels.c": PREAMBLE.format(model=model) + kernels,
         "tvmp_kernels.h": KERNELS_H % "\n".join(prototypes),
@@ -323,12 +323,8 @@ def _weights_asm(layout) -> str:
 
 
 def _io(plan: Plan, names) -> list:
-    rows = []
-    for n in names:
-        buf_name, shape, dtype = plan.views[n]
-        rows.append((plan.buffers[buf_name].offset,
-                     int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize))
-    return rows
+    """(arena offset, bytes) of model inputs or outputs (a view has its buffer's size)."""
+    return [(_offset(plan, n), plan.buffers[plan.views[n][0]].nbytes) for n in names]
 
 
 def _model_h(plan: Plan) -> str:

@@ -80,11 +80,11 @@ def write_project(mod, target: str, directory, stack_bytes: int = STACK_BYTES,
             f"{model} does not fit the {b.name} RAM: arena {plan.arena_bytes:,} B + stack "
             f"{stack_bytes:,} B > {ram_bytes:,} B; the layers with the most live memory:\n"
             f"{breakdown}")
-    weights = len(weight_blob(plan.constants)[0])
-    if weights > flash_bytes:
+    weights = weight_blob(plan.constants)
+    if len(weights[0]) > flash_bytes:
         raise ModelError(f"{model} does not fit the {b.name} Flash: its constants alone take "
-                         f"{weights:,} B > {flash_bytes:,} B")
-    sources = model_sources(mod, plan, model)
+                         f"{len(weights[0]):,} B > {flash_bytes:,} B")
+    sources = model_sources(mod, plan, model, weights)
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
     for name, text in sources.files.items():

@@ -50,6 +50,10 @@ static void put32(uint32_t v) {
   for (int k = 0; k < 4; ++k) put((uint8_t)(v >> (8 * k)));
 }
 
+static uint32_t le32(const uint8_t* p) {
+  return p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
 /* Replies are sent in pieces: begin (header), payload words/bytes, end (CRC). */
 static void reply_begin(uint8_t command, uint8_t status, uint32_t length) {
   board_putc('T');
@@ -139,10 +143,7 @@ static void serve(void) {
     reply_end();
   } else if (command == READ && length == 9u) {
     uint8_t index = args[0];
-    uint32_t offset = args[1] | (uint32_t)args[2] << 8 | (uint32_t)args[3] << 16 |
-                      (uint32_t)args[4] << 24;
-    uint32_t bytes = args[5] | (uint32_t)args[6] << 8 | (uint32_t)args[7] << 16 |
-                     (uint32_t)args[8] << 24;
+    uint32_t offset = le32(args + 1), bytes = le32(args + 5);
     if (index >= TVMP_OUTPUTS || offset > tvmp_outputs[index].bytes ||
         bytes > tvmp_outputs[index].bytes - offset) {
       reply_status(command, BAD_ARGS);
