@@ -20,7 +20,8 @@ from tvm_patch.passes import PatchBasedInference
 from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 from conftest import SHARED, assert_bit_exact, compiled_model, random_inputs, shared_model
-from random_cnn import Layer, Spec, build as build_cnn
+from random_cnn import QUANTS, Layer, Spec, build as build_cnn, quant_specs
+from test_quant_edge import FLOATS, SATURATED, quantize_model
 
 
 @st.composite
@@ -28,7 +29,7 @@ def simd_cnns(draw):
     """Chains of convolutions whose channel counts hit the SIMD dot product's 8-byte
     threshold and every remainder of its 4-byte steps, with depthwise and residual layers."""
     spec = Spec(draw(st.integers(6, 17)), draw(st.integers(6, 17)), draw(st.integers(1, 16)),
-                seed=draw(st.integers(0, 2**31 - 1)))
+                seed=draw(st.integers(0, 2**31 - 1)), quant=draw(st.sampled_from(QUANTS)))
     for _ in range(draw(st.integers(1, 4))):
         kind = draw(st.sampled_from(["conv", "conv", "dw", "add"]))
         layer = Layer(kind, activation=draw(st.sampled_from(["NONE", "RELU", "RELU6"])))
@@ -139,6 +140,30 @@ def test_random_cnn_on_emulator_bit_exact(spec, data, tmp_path_factory):
           "layer by layer")
     with mcu.Session(directory) as session:
         assert_bit_exact(model, OnDevice(session), n=1, seed=spec.seed)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=quant_specs())
+def test_adversarial_quantization_on_emulator_bit_exact(spec, tmp_path_factory):
+    """Negative, zero, rounding-up and out-of-range multipliers in the C the M7 runs."""
+    model = build_cnn(spec)
+    try:
+        mod = tvm_patch.load(model)
+    except ModelError:  # one TFLite Micro refuses too (test_quant_edge checks that)
+        return
+    directory = tmp_path_factory.mktemp("quant")
+    _firmware(mod, directory)
+    with mcu.Session(directory) as session:
+        assert_bit_exact(model, OnDevice(session), n=1, seed=spec.seed)
+
+
+def test_float_quantize_out_of_range_and_nan_same_as_host(tmp_path):
+    mod = tvm_patch.load(quantize_model("float32", "int8"))
+    _firmware(mod, tmp_path)
+    with mcu.Session(tmp_path) as session:
+        device = session.run_model(FLOATS)[0]
+    assert np.array_equal(device, tvm_patch.build(mod).run(FLOATS)[0])
+    assert device.ravel()[:len(SATURATED)].tolist() == SATURATED
 
 
 @pytest.mark.slow

@@ -21,7 +21,10 @@ def round_away(x):
 
 
 def quantize_multiplier(real: float) -> tuple:
-    """TFLite QuantizeMultiplier: real = q * 2^(shift - 31), q in [2^30, 2^31)."""
+    """TFLite QuantizeMultiplier: real = q * 2^(shift - 31), |q| in [2^30, 2^31]; a
+    negative real (a negative per-channel weight scale) gives a negative q, down to -2^31.
+    Multipliers below 2^-32 are flushed to 0. Shifts above 30 are kept, as the TFLite Micro
+    reference build does (see mbqm for what it then computes)."""
     if real == 0.0:
         return 0, 0
     frac, shift = math.frexp(float(real))
@@ -31,8 +34,6 @@ def quantize_multiplier(real: float) -> tuple:
         shift += 1
     if shift < -31:
         return 0, 0
-    if shift > 30:
-        return INT32_MAX, 30
     return q, shift
 
 
@@ -87,10 +88,13 @@ def rdbpot(x: int, exponent: int) -> int:
 
 
 def mbqm(x: int, multiplier: int, shift: int) -> int:
-    """MultiplyByQuantizedMultiplier (TFLite, double rounding)."""
-    left = shift if shift > 0 else 0
+    """MultiplyByQuantizedMultiplier (TFLite, double rounding). TFLite computes
+    x * (1 << left_shift) in int32: it wraps, and a left shift of 32 or more (an effective
+    scale of 2^31 or more) is undefined in C; the reference build computes it as the x86
+    shift does, modulo 32, and so do we, on every target."""
+    left = (shift if shift > 0 else 0) & 31
     right = 0 if shift > 0 else -shift
-    return rdbpot(srdhm(wrap32(x * (1 << left)), multiplier), right)
+    return rdbpot(srdhm(wrap32(x << left), multiplier), right)
 
 
 def wrap32(x: int) -> int:

@@ -72,7 +72,11 @@ def schedule_local(func: tirx.PrimFunc) -> tirx.PrimFunc:
         if name in outputs:
             continue
         if name.endswith("_keep_plane"):
-            sch.compute_at(block, sch.get_loops(output_blocks[0])[1], preserve_unit_loops=True)
+            try:
+                sch.compute_at(block, sch.get_loops(output_blocks[0])[1],
+                               preserve_unit_loops=True)
+            except s_tir.ScheduleError:  # a constant output (a clamp to one value) reads none
+                pass
             continue
         if "_keep" not in name:  # "_keep": its author keeps it separate (ops.add_mul, softmax)
             try:

@@ -102,6 +102,7 @@ def conv(op: Op, graph: Graph, xs):
             np.float64(in_q.s) * w_scale / np.float64(out_q.s))
         bias = bt.data.astype(np.int32) if bt is not None else np.zeros(n_out, np.int32)
         b, m, s = consts("bias", bias), consts("mult", mult), consts("shift", shift)
+        saturate = bool((mult == Q.INT32_MIN).any())
         lo, hi = _clamp_range(graph, op, a["activation"])
 
         def term(n, h, ww, o, c_in, w_c):
@@ -128,7 +129,8 @@ def conv(op: Op, graph: Graph, xs):
     if _quantized(graph, op):
         zp_out = out_t.quant.zp
         out = te.compute(acc.shape, lambda n, h, ww, o: clamp(
-            mbqm(acc[n, h, ww, o] + b[o], m[o], s[o]) + zp_out, lo, hi).astype(out_t.dtype),
+            mbqm(acc[n, h, ww, o] + b[o], m[o], s[o], saturate) + zp_out, lo, hi).astype(
+                out_t.dtype),
             name=f"L{op.index}_out")
     else:
         out = te.compute(acc.shape, lambda n, h, ww, o: _fclamp(acc[n, h, ww, o] + b[o], lo, hi),
@@ -162,16 +164,17 @@ def fully_connected(op: Op, graph: Graph, xs):
     if _quantized(graph, op):
         in_q, out_q = graph.t(op.inputs[0]).quant, out_t.quant
         zp_in, zp_w = in_q.zp, int(wt.quant.zero_point[0])
-        w_scale = np.broadcast_to(wt.quant.scale.astype(np.float64), (n_out,))
-        mult, shift = Q.quantize_multipliers(np.float64(in_q.s) * w_scale / np.float64(out_q.s))
+        mult, shift = Q.quantize_multipliers(_fc_effective_scales(op, graph))
         bias = bt.data.astype(np.int32) if bt is not None else np.zeros(n_out, np.int32)
         b, m, s = consts("bias", bias), consts("mult", mult), consts("shift", shift)
+        saturate = bool((mult == Q.INT32_MIN).any())
         lo, hi = _clamp_range(graph, op, op.attrs["activation"])
         acc = te.compute((batches, n_out), lambda i, o: te.sum(
             (flat[i, k].astype(I32) - zp_in) * (w[o, k].astype(I32) - zp_w), axis=k),
             name=f"L{op.index}_acc")
         out2 = te.compute((batches, n_out), lambda i, o: clamp(
-            mbqm(acc[i, o] + b[o], m[o], s[o]) + out_q.zp, lo, hi).astype(out_t.dtype),
+            mbqm(acc[i, o] + b[o], m[o], s[o], saturate) + out_q.zp, lo, hi).astype(
+                out_t.dtype),
             name=f"L{op.index}_out2")
     else:
         bias = bt.data.astype(np.float32) if bt is not None else np.zeros(n_out, np.float32)
@@ -186,6 +189,29 @@ def fully_connected(op: Op, graph: Graph, xs):
     out = te.compute(out_t.shape, lambda *idx: _flat_read(out2, _flat_index(idx, out_t.shape)),
                      name=f"L{op.index}_out")
     return out, consts.pairs
+
+
+def _fc_effective_scales(op: Op, graph: Graph) -> np.ndarray:
+    """TFLite Micro's FULLY_CONNECTED multipliers: per channel as for convolutions; per
+    tensor from the float32 product of the input and weight scales, which must not be
+    negative, with the bias scale within 2% of the output scale of that product."""
+    x, w, out = (graph.t(n).quant for n in (op.inputs[0], op.inputs[1], op.outputs[0]))
+    n_out = graph.t(op.inputs[1]).shape[0]
+    if w.per_channel:
+        return np.float64(x.s) * w.scale.astype(np.float64) / np.float64(out.s)
+    product = np.float32(x.s * w.s)
+    where = f"FULLY_CONNECTED at index {op.index}"
+    if product < 0:
+        raise ModelError(f"{where}: input scale x weight scale is negative ({product:g}); "
+                         "TFLite Micro refuses a negative per-tensor product scale")
+    if op.inputs[2] and graph.t(op.inputs[2]).quant is not None:
+        exact = np.float64(x.s) * np.float64(w.s)
+        bias_scale = np.float64(graph.t(op.inputs[2]).quant.scale[0])
+        if not abs(exact - bias_scale) / np.float64(out.s) <= 0.02:
+            raise ModelError(f"{where}: bias scale {bias_scale:g} differs from input scale x "
+                             f"weight scale {exact:g} by more than 2% of the output scale "
+                             f"{out.s:g}; TFLite Micro refuses it")
+    return np.full(n_out, np.float64(product) / np.float64(out.s))
 
 
 def _flat_index(idx, shape):
@@ -395,11 +421,16 @@ def quantize(op: Op, graph: Graph, xs):
     qo = out_t.quant
     lo, hi = Q.QRANGE[out_t.dtype]
     if in_t.dtype == "float32":
-        # TFLite Micro divides in float32, then rounds half away from zero
+        # TFLite Micro divides in float32, then rounds half away from zero. Its conversion
+        # to int32 of values outside int32 and of NaN is undefined in C (x86 and Arm give
+        # different bytes); ours saturates them and maps NaN to the zero point, everywhere.
         scale = tirx.const(float(qo.s), "float32")
+        low, high = (tirx.const(float(v - qo.zp), "float32") for v in (lo, hi))
 
         def f(*i):
-            q = round_half_away(x[i] / scale).astype(I32) + qo.zp
+            v = x[i] / scale
+            r = tirx.min(tirx.max(round_half_away(v), low), high)
+            q = tirx.Select(tirx.isnan(v), tirx.const(0, I32), r.astype(I32)) + qo.zp
             return clamp(q, lo, hi).astype(out_t.dtype)
     else:
         qi = in_t.quant
