@@ -220,7 +220,7 @@ def assert_runs_with_varying_output(data: bytes, trials: int = 4):
 
 
 def test_names():
-    assert zoo.names() == ["demo", "mobilenetv2", "proxylessnas", "resnet8"]
+    assert zoo.names() == ["demo", "detector", "mobilenetv2", "proxylessnas", "resnet8"]
 
 
 @pytest.mark.parametrize("name", ["demo", "resnet8"])
@@ -400,3 +400,50 @@ def test_unknown_name_and_bad_arguments():
 def test_save_writes_the_model(tmp_path):
     path = zoo.save("resnet8", tmp_path / "sub" / "resnet8.tflite")
     assert Path(path).read_bytes() == built("resnet8")
+
+
+def test_adversarial_quantization_emits_the_promised_parameters(tmp_path):
+    """quant="adversarial": negative scales with the same real weights, a zero scale, a
+    multiplier whose Q31 mantissa rounds up to 2^31, shifts below -31 and above +30, bias
+    scales input_scale * weight_scale, FC scales positive per tensor; TFLite Micro runs it."""
+    import tvm_patch
+    from tvm_patch import cli
+    path = tmp_path / "adv.tflite"
+    assert cli.main(["zoo", "detector", "-o", str(path), "--quant", "adversarial"]) == 0
+    data = path.read_bytes()
+    assert data == zoo.build("detector", quant="adversarial") != built("detector")
+    for name, adversarial, standard in [("detector", data, built("detector")),
+                                        ("demo", zoo.build("demo", quant="adversarial"),
+                                         built("demo"))]:
+        found = {"negative": 0, "zero": 0, "round_up": 0, "tiny": 0, "huge": 0}
+        adv, std = tvm_patch.read(adversarial), tvm_patch.read(standard)
+        for op, op_std in zip(adv.ops, std.ops):
+            if op.kind == "fully_connected":
+                assert adv.t(op.inputs[1]).quant.scale.size == 1 > 0
+                assert adv.t(op.inputs[1]).quant.s > 0
+            if op.kind not in ("conv2d", "depthwise_conv2d"):
+                continue
+            x, w, b, y = (adv.t(n) for n in (*op.inputs[:3], op.outputs[0]))
+            w_scale = w.quant.scale.astype(np.float64)
+            np.testing.assert_allclose(b.quant.scale, np.float64(x.quant.s) * w_scale,
+                                       rtol=1e-6)
+            multiplier = np.float64(x.quant.s) * w_scale / np.float64(y.quant.s)
+            mantissa, exponent = np.frexp(np.abs(multiplier))
+            negative = np.flatnonzero(w_scale < 0)
+            # the same real weights: int8 weights and scale both negated
+            np.testing.assert_array_equal(_real_weights(w)[negative],
+                                          _real_weights(std.t(op_std.inputs[1]))[negative])
+            found["negative"] += negative.size
+            found["zero"] += np.sum(w_scale == 0)
+            found["round_up"] += np.sum((mantissa >= 1 - 2.0 ** -32) & (mantissa < 1))
+            found["tiny"] += np.sum((multiplier != 0) & (exponent < -31))
+            found["huge"] += np.sum(exponent > 30)
+        assert all(count >= 2 for count in found.values()), (name, found)
+        assert -128 in {adv.t(op.outputs[0]).quant.zp for op in adv.ops}
+    assert_runs_with_varying_output(data)
+
+
+def _real_weights(t):
+    """Per-channel real weights, output channel first."""
+    q = np.moveaxis(t.data, t.quant.axis, 0).astype(np.float64)
+    return q * t.quant.scale.astype(np.float64).reshape((-1,) + (1,) * (q.ndim - 1))

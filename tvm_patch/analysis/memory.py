@@ -89,12 +89,18 @@ def calls_of(mod) -> tuple:
     """(params as (name, shape, dtype), calls, output value names) of mod["main"]."""
     func = mod["main"]
     params = [(p.name, _shape(p.ty), str(p.ty.dtype)) for p in func.params]
-    calls = []
+    calls, tuples = [], {}  # tuples: the model's outputs as one value, by name
     for block in func.body.blocks:
         for binding in block.bindings:
             name, value, ty = binding.var.name, binding.value, binding.var.ty
+            if isinstance(value, relax.Tuple):
+                tuples[name] = [f.name for f in value.fields]
+                continue
             if isinstance(value, tvm.ir.expr.Var):  # output alias emitted by the dataflow block
-                calls.append(Call(name, None, None, [value.name], view=True))
+                if value.name in tuples:
+                    tuples[name] = tuples[value.name]
+                else:
+                    calls.append(Call(name, None, None, [value.name], view=True))
                 continue
             if isinstance(value, relax.TupleGetItem):  # (output, workspace) of a stage
                 calls.append(Call(name, _shape(ty), str(ty.dtype), [value.tuple_value.name],
@@ -121,7 +127,8 @@ def calls_of(mod) -> tuple:
                 json.loads(str(attrs["tvm_patch.op"])) if "tvm_patch.op" in attrs
                 else {"kind": gv.name_hint}))
     ret = func.body.body
-    outputs = [f.name for f in ret.fields] if isinstance(ret, relax.Tuple) else [ret.name]
+    outputs = [f.name for f in ret.fields] if isinstance(ret, relax.Tuple) else \
+        tuples.get(ret.name, [ret.name])
     return params, calls, outputs
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import quant as Q
 from ..graph import DTYPE_BYTES, Graph, ModelError, Op
 from ..kernels.ops import macs as op_macs
 
@@ -154,6 +155,14 @@ def stage_ops(graph: Graph, split: int) -> list:
                 raise ModelError(f"split={split}: tensor {n} {tuple(t.shape)} of operator "
                                  f"{op.source or op.kind} at index {op.index} is not a "
                                  f"single NHWC image; the patch stage tiles H and W")
+        out_t = graph.t(op.outputs[0])
+        if "activation" in op.attrs and out_t.quant is not None:
+            lo, hi = Q.activation_range(op.attrs["activation"], out_t.quant.s, out_t.quant.zp,
+                                        out_t.dtype)
+            if lo >= hi:  # nothing is computed for it, so there is no loop nest to tile
+                raise ModelError(f"split={split}: operator {op.source or op.kind} at index "
+                                 f"{op.index} has a constant output (its activation range "
+                                 f"is the single value {lo}) and cannot join the patch stage")
         ops.append(op)
         produced.update(op.outputs)
         convs += op.kind in CONVS
@@ -166,6 +175,10 @@ def stage_ops(graph: Graph, split: int) -> list:
         if name in produced and name != out and any(id(u) not in stage_ids for u in users):
             raise ModelError(f"split={split} cuts a connection: tensor {name} is also read "
                              f"after the patch stage")
+    for name in graph.outputs:  # the stage writes only its last tensor in full
+        if name in produced and name != out:
+            raise ModelError(f"split={split} cuts a connection: tensor {name} is a model "
+                             f"output inside the patch stage")
     if out in graph.outputs and len(ops) == len(graph.ops):
         raise ModelError(f"split={split}: the patch stage would be the whole model")
     return ops

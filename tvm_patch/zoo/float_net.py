@@ -15,7 +15,8 @@ import numpy as np
 
 @dataclass
 class Node:
-    kind: str                 # input, conv, dwconv, pad, add, mul, mean, avgpool, reshape, fc, softmax, hard_swish
+    kind: str                 # input, conv, dwconv, pad, add, mul, mean, avgpool, maxpool,
+    #                           resize, reshape, fc, softmax, hard_swish
     inputs: list[int]
     shape: tuple[int, ...]    # output shape with batch 1
     attrs: dict = field(default_factory=dict)
@@ -88,6 +89,15 @@ def depthwise_conv2d(x, weights, stride, pads):
     return out
 
 
+def max_pool(x: np.ndarray, size: int) -> np.ndarray:
+    n, h, w, c = x.shape
+    return x.reshape(n, h // size, size, w // size, size, c).max(axis=(2, 4))
+
+
+def upsample(x: np.ndarray, factor: int) -> np.ndarray:
+    return x.repeat(factor, axis=1).repeat(factor, axis=2)
+
+
 def synthetic_images(count: int, size: int, channels: int, rng: np.random.Generator) -> np.ndarray:
     """Smooth, image-like random fields in [-1, 1]: coarse blobs, finer texture, pixel noise."""
     def upsampled(grid: int) -> np.ndarray:
@@ -115,7 +125,11 @@ class FloatNet:
         scale, zero_point = input_quant
         images = (np.clip(np.round(images / scale) + zero_point, -128, 127) - zero_point) * scale
         self.input = self._add(Node("input", [], (1,) + images.shape[1:]), images)
-        self.output: Act | None = None
+        self.outputs: list[Act] = []
+
+    @property
+    def output(self) -> Act:
+        return self.outputs[0]
 
     # -- construction ----------------------------------------------------------------------
 
@@ -186,6 +200,18 @@ class FloatNet:
         return self._add(Node("avgpool", [x.index], (1, 1, 1, x.channels),
                               dict(size=tuple(x.value.shape[1:3]))), value)
 
+    def max_pool(self, x: Act, size: int) -> Act:
+        """size x size max pool, stride size, VALID (the spatial sizes must divide)."""
+        value = max_pool(x.value, size)
+        return self._add(Node("maxpool", [x.index], (1,) + value.shape[1:], dict(size=size)),
+                         value)
+
+    def upsample(self, x: Act, factor: int) -> Act:
+        """Nearest-neighbour upsampling by an integer factor (TFLite RESIZE_NEAREST_NEIGHBOR)."""
+        value = upsample(x.value, factor)
+        return self._add(Node("resize", [x.index], (1,) + value.shape[1:],
+                              dict(factor=factor)), value)
+
     def flatten(self, x: Act) -> Act:
         value = x.value.reshape(x.value.shape[0], -1)
         return self._add(Node("reshape", [x.index], (1, value.shape[1])), value)
@@ -210,21 +236,21 @@ class FloatNet:
         value = exp / exp.sum(axis=-1, keepdims=True)
         return self._add(Node("softmax", [x.index], (1, x.channels)), value)
 
-    def finish(self, output: Act) -> "FloatNet":
-        self.output = output
+    def finish(self, *outputs: Act) -> "FloatNet":
+        self.outputs = list(outputs)
         return self
 
     def truncated(self, index: int) -> "FloatNet":
         """The same network cut after node `index`, which becomes the output (for inspection)."""
         cut = copy.copy(self)
         cut.nodes = self.nodes[:index + 1]
-        cut.output = Act(index, np.empty(0))
+        cut.outputs = [Act(index, np.empty(0))]
         return cut
 
     # -- evaluation ------------------------------------------------------------------------
 
-    def run(self, images: np.ndarray) -> np.ndarray:
-        """The float network's output for a batch of NHWC inputs."""
+    def run(self, images: np.ndarray):
+        """The float network's output for a batch of NHWC inputs (a list if it has several)."""
         last_use = {}
         for index, node in enumerate(self.nodes):
             for source in node.inputs:
@@ -234,9 +260,10 @@ class FloatNet:
             args = [values[i] for i in node.inputs]
             values[index] = images if node.kind == "input" else _evaluate(node, args)
             for source in node.inputs:
-                if last_use[source] == index:
+                if last_use[source] == index and all(o.index != source for o in self.outputs):
                     del values[source]
-        return values[self.output.index]
+        outputs = [values[o.index] for o in self.outputs]
+        return outputs[0] if len(outputs) == 1 else outputs
 
 
 def _evaluate(node: Node, args: list[np.ndarray]) -> np.ndarray:
@@ -253,6 +280,10 @@ def _evaluate(node: Node, args: list[np.ndarray]) -> np.ndarray:
         return args[0] * args[1]
     if node.kind in ("mean", "avgpool"):
         return args[0].mean(axis=(1, 2), keepdims=True)
+    if node.kind == "maxpool":
+        return max_pool(args[0], a["size"])
+    if node.kind == "resize":
+        return upsample(args[0], a["factor"])
     if node.kind == "reshape":
         return args[0].reshape(args[0].shape[0], -1)
     if node.kind == "hard_swish":

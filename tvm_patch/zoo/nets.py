@@ -1,5 +1,5 @@
-"""Architectures of the zoo: MobileNetV2, ProxylessNAS-Mobile, ResNet-8, the demo net, and any
-MCUNet-format (ProxylessNAS-style JSON) configuration."""
+"""Architectures of the zoo: MobileNetV2, ProxylessNAS-Mobile, ResNet-8, the demo net, a
+three-scale person detector, and any MCUNet-format (ProxylessNAS-style JSON) configuration."""
 from __future__ import annotations
 
 import dataclasses
@@ -292,7 +292,49 @@ def build_resnet8(width: float, resolution: int, seed: int) -> FloatNet:
     return net.finish(net.softmax(net.fully_connected(x, 10)))
 
 
-STANDARD_NETS = ("demo", "mobilenetv2", "proxylessnas", "resnet8")
+DETECTOR_HEAD = 18   # per cell: 3 anchors x (box 4 + objectness 1 + person 1), as YOLO
+
+
+def build_detector(width: float, resolution: int, seed: int) -> FloatNet:
+    """A YOLO-style person detector on an MCUNet-style backbone: a 4:5 image (height
+    `resolution`, width the nearest multiple of 32) through a stem and inverted-residual
+    blocks (depthwise convolutions, residual adds) down to strides 8 and 16, a MAX_POOL_2D
+    to stride 32, and an FPN-like neck: each coarser map upsampled by
+    RESIZE_NEAREST_NEIGHBOR and ADDed to a 1x1 lateral of the finer one. Three outputs,
+    coarse to fine: at 128x160, 4x5x18, 8x10x18, 16x20x18."""
+    if resolution % 32:
+        raise ValueError(f"the detector's resolution must be a multiple of 32, got {resolution}")
+    height, width_px = resolution, max(32, round(resolution * 5 / 4 / 32) * 32)
+    rng = np.random.default_rng([seed, 1])
+    images = synthetic_images(CALIBRATION_IMAGES, width_px, 3, rng)[:, :height]
+    net = FloatNet(f"detector-w{width:g}-r{resolution}", images, IMAGE_QUANT, seed)
+
+    def ch(c):
+        return make_divisible(c * width)
+    x = net.conv(net.input, ch(16), 3, 2)
+    blocks = _stages_to_blocks(ch(16), [(ch(8), 1, [(3, 1)]),
+                                        (ch(16), 2, [(3, 3), (3, 3)]),
+                                        (ch(24), 2, [(5, 4), (3, 3)])])
+    for block in blocks:
+        x = _mobile_block(net, x, block, explicit_pad=False)
+    c3 = x                                                  # stride 8
+    for block in _stages_to_blocks(ch(24), [(ch(40), 2, [(5, 4), (3, 3)])]):
+        x = _mobile_block(net, x, block, explicit_pad=False)
+    c4 = x                                                  # stride 16
+    x = net.max_pool(c4, 2)
+    c5 = _mobile_block(net, x, Block(ch(40), ch(64), 3, 1, ch(160), True), False)  # stride 32
+    neck = ch(32)
+    p5 = net.conv(c5, neck, 1, act="relu6")
+    p4 = net.add(net.upsample(p5, 2), net.conv(c4, neck, 1, act=None), act="relu6")
+    p3 = net.add(net.upsample(p4, 2), net.conv(c3, neck, 1, act=None), act="relu6")
+    heads = []
+    for p in (p5, p4, p3):
+        y = net.conv(p, 0, 3, depthwise=True)
+        heads.append(net.conv(y, DETECTOR_HEAD, 1, act=None))
+    return net.finish(*heads)
+
+
+STANDARD_NETS = ("demo", "detector", "mobilenetv2", "proxylessnas", "resnet8")
 
 
 def construct(name_or_config, resolution: int | None = None, width: float | None = None,
@@ -304,6 +346,8 @@ def construct(name_or_config, resolution: int | None = None, width: float | None
         raise ValueError(f"width must be a positive number, got {width!r}")
     if name_or_config == "resnet8":
         return build_resnet8(width or 1.0, resolution or 32, seed)
+    if name_or_config == "detector":
+        return build_detector(width or 1.0, resolution or 128, seed)
     if name_or_config == "mobilenetv2":
         spec = mobilenetv2_spec(width or 1.0, resolution or 224)
     elif name_or_config == "proxylessnas":
