@@ -24,6 +24,7 @@ Operator kinds and their attributes (all NHWC; weights are constant tensors):
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -84,7 +85,7 @@ class Tensor:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * DTYPE_BYTES[self.dtype]
+        return math.prod(self.shape) * DTYPE_BYTES[self.dtype]  # exact: no int64 overflow
 
 
 @dataclass

@@ -11,9 +11,11 @@ a deadline, so a device that stops answering raises DeviceError instead of hangi
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -201,16 +203,31 @@ class _Emulator:
         if qemu is None:
             raise ModelError("qemu-system-arm not found: run scripts/setup.sh")
         from .plugin import plugin_library
-        self.tmp = tempfile.mkdtemp(prefix="tvmp-")
-        sock_path, self.marks_file = os.path.join(self.tmp, "uart"), os.path.join(self.tmp, "marks")
+        plugin = plugin_library()
         mark = symbol(elf, "tvmp_mark")[0]
+        self.proc = self.sock = self.log = None
+        self.tmp = tempfile.mkdtemp(prefix="tvmp-")
+        try:  # whatever interrupts the start (an error, Ctrl-C, SIGTERM) stops qemu
+            self._start(qemu, elf, plugin, mark, timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, qemu, elf, plugin, mark, timeout):
+        sock_path, self.marks_file = os.path.join(self.tmp, "uart"), os.path.join(self.tmp, "marks")
         self.log = open(os.path.join(self.tmp, "qemu.log"), "w+")
-        self.proc = subprocess.Popen(
-            [qemu, "-M", "mps2-an500", "-cpu", "cortex-m7", "-display", "none",
-             "-monitor", "none", "-chardev", f"socket,id=uart,path={sock_path},server=on,wait=on",
-             "-serial", "chardev:uart", "-kernel", elf,
-             "-plugin", f"{plugin_library()},mark=0x{mark:x},out={self.marks_file}"],
-            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        # Ctrl-C or SIGTERM inside Popen would lose the running child: held until it is ours
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            self.proc = subprocess.Popen(
+                [qemu, "-M", "mps2-an500", "-cpu", "cortex-m7", "-display", "none", "-monitor",
+                 "none", "-chardev", f"socket,id=uart,path={sock_path},server=on,wait=on",
+                 "-serial", "chardev:uart", "-kernel", elf,
+                 "-plugin", f"{plugin},mark=0x{mark:x},out={self.marks_file}"],
+                stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         deadline = time.monotonic() + timeout
         while True:
@@ -219,7 +236,6 @@ class _Emulator:
                 break
             except (FileNotFoundError, ConnectionRefusedError):
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.close()
                     raise DeviceError(f"the emulator did not start: {self._log_tail()}")
                 time.sleep(0.02)
 
@@ -270,15 +286,28 @@ class _Emulator:
         return self.log.read()[-500:].strip()
 
     def close(self):
-        try:
+        if self.sock is not None:
             self.sock.close()
-        except Exception:
-            pass
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        self.log.close()
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait()
+        if self.log is not None:
+            self.log.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def _die_with_parent():
+    """In the emulator's process before exec (Linux): the kernel kills it when its parent
+    dies, even by SIGKILL, so no emulator outlives the Python process that started it."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 class _Serial:

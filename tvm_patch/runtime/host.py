@@ -21,8 +21,9 @@ class HostModel:
                                 if isinstance(f, tvm.tirx.PrimFunc)})
         try:
             self.lib = tvm.compile(kernels, target=target)
-        except tvm.error.TVMError as e:
-            raise ModelError(f"kernel compilation failed: {str(e).splitlines()[-1]}") from None
+        except (RuntimeError, ValueError, TypeError) as e:  # TVM's FFI raises builtin classes
+            lines = str(e).strip().splitlines() or [type(e).__name__]
+            raise ModelError(f"kernel compilation failed: {lines[-1]}") from None
         self._funcs = {s.func: self.lib[s.func] for s in self.plan.steps}
         self._consts = [tvm.runtime.tensor(np.ascontiguousarray(c)) for c in self.plan.constants]
         # 64-byte aligned base so that every 16-byte aligned offset stays 16-byte aligned
