@@ -34,7 +34,7 @@ def test_zoo_profile_run(tmp_path):
                                    "--output", str(tmp_path / "y.npy"), "--json"))
     y = np.load(tmp_path / "y.npy")
     np.testing.assert_array_equal(y, reference.run(model.read_bytes(), [x])[0])
-    assert res["outputs"][0] == y.tolist() and res["arena_bytes"] == prof["arena_bytes"]
+    assert res["outputs"][0]["values"] == y.tolist() and res["arena_bytes"] == prof["arena_bytes"]
 
 
 def test_zoo_width_and_resolution(tmp_path):

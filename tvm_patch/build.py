@@ -10,16 +10,26 @@ from .graph import ModelError
 from .runtime.host import HostModel
 
 HOST_TARGETS = ("host", "llvm")
+PATCH_OPTIONS = ("split", "patches", "sram", "max_mac_overhead", "objective")
 
 
-def passes(split=None, patches=None, **options) -> list:
-    """tvm_patch's own Relax passes, in order: the patch stage when split or patches is
-    given (an int or "auto"; options: sram, max_mac_overhead, objective)."""
-    if split is None and patches is None:
+def passes(split=None, patches=None, sram=None, max_mac_overhead=None, objective=None) -> list:
+    """tvm_patch's own Relax passes, in order. The one rule for turning patch-based inference
+    on, shared by build(), pipeline(), mcu.compile() and the CLI: any patch option given
+    (not None) turns it on, and the others keep PatchBasedInference's defaults (auto)."""
+    given = {name: value for name, value in zip(
+        PATCH_OPTIONS, (split, patches, sram, max_mac_overhead, objective)) if value is not None}
+    if not given:
         return []
     from .passes import PatchBasedInference
-    return [PatchBasedInference(split="auto" if split is None else split,
-                                patches="auto" if patches is None else patches, **options)]
+    return [PatchBasedInference(**given)]
+
+
+def apply_passes(mod, **patch):
+    """`mod` through passes(**patch); the same module when no patch option is given."""
+    for p in passes(**patch):
+        mod = p(mod)
+    return mod
 
 
 def pipeline(target="llvm", **patch) -> tvm.transform.Pass:
@@ -37,6 +47,4 @@ def build(mod, target: str = "host", **patch) -> HostModel:
                 "tvm_patch.mcu.Session(DIR)" if target in BOARDS else "")
         raise ModelError(f"unknown target {target!r}: expected one of "
                          f"{', '.join(HOST_TARGETS)}{hint}")
-    for p in passes(**patch):
-        mod = p(mod)
-    return HostModel(mod)
+    return HostModel(apply_passes(mod, **patch))

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import signal
+import stat
+import threading
 import sys
 import time
 
 import numpy as np
 
+from .frontend.io_type import IO_TYPES, io_specs
 from .graph import ModelError
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="tvm-patch", description=(
+    parser = _Parser(prog="tvm-patch", description=(
         "Compile int8 TinyML CNNs with Apache TVM (Relax/TIR) into one static arena."))
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -43,20 +48,42 @@ def main(argv=None) -> int:
     p = sub.add_parser("zoo", help="write an int8 .tflite from the zoo or an MCUNet config")
     p.add_argument("name", metavar="NAME_OR_CONFIG")
     p.add_argument("-o", "--output", required=True, metavar="OUT.tflite")
-    p.add_argument("--resolution", type=int)
-    p.add_argument("--width", type=float)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resolution", type=_number(int, 8, 1024))
+    p.add_argument("--width", type=_number(float, 0.05, 4.0))
+    p.add_argument("--seed", type=_number(int, 0), default=0)
+    p.add_argument("--quant", choices=("standard", "adversarial"), default="standard",
+                   help="adversarial: negative, zero, tiny and huge per-channel weight scales, "
+                        "multipliers rounding up to 2^31, extreme zero points")
 
     p = sub.add_parser("demo", help="the embedded default model end to end")
     p.add_argument("--out", default="tvm_patch_demo", metavar="DIR")
 
     args = parser.parse_args(argv)
-    try:
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
+    try:  # Ctrl-C and SIGTERM unwind like errors, so every `with` stops its emulator
         return {"profile": _profile, "build": _build, "run": _run, "zoo": _zoo,
                 "demo": _demo}[args.command](args)
     except ModelError as e:
         print(f"tvm-patch: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("tvm-patch: interrupted", file=sys.stderr)
+        return 130
+    except _Terminated:
+        print("tvm-patch: terminated", file=sys.stderr)
+        return 143
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class _Terminated(BaseException):
+    """SIGTERM (what `timeout` sends), raised where the program is."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
 
 
 TARGETS = ("host", "qemu-m7", "stm32f746")
@@ -70,7 +97,7 @@ def _target_options(p, build: bool):
                    + ("" if build else " (default: a temporary one)"))
     if not build:
         p.add_argument("--port", metavar="DEV", help="stm32f746: the board's serial port")
-        p.add_argument("--timeout", type=float, default=60.0, metavar="S",
+        p.add_argument("--timeout", type=_number(float, 0.001), default=60.0, metavar="S",
                        help="seconds to wait for the device on each request (default 60)")
 
 
@@ -80,43 +107,76 @@ def _patch_options(p):
                    help="tiles per side of the patch grid")
     g.add_argument("--split", type=_int_or_auto, metavar="K|auto",
                    help="convolution layers fused into the patch stage")
-    g.add_argument("--sram", type=int, metavar="BYTES",
+    g.add_argument("--sram", type=_number(int, 1), metavar="BYTES",
                    help="choose the fewest MACs whose arena fits in BYTES")
-    g.add_argument("--max-mac-overhead", type=float, default=1.2, metavar="F",
+    g.add_argument("--max-mac-overhead", type=_number(float, 1.0), metavar="F",
                    help="auto: whole-network MAC factor allowed (default 1.2)")
-    g.add_argument("--objective", choices=("arena", "arena_excl_io"), default="arena",
+    g.add_argument("--objective", choices=("arena", "arena_excl_io"),
                    help="auto: the accounting rule to minimise (default arena)")
+    p.add_argument("--io-type", choices=IO_TYPES, help="int8: drop the model's input "
+                   "QUANTIZE and output DEQUANTIZE, take and return int8 (default: as is)")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line, like every other error."""
+
+    def error(self, message):
+        print(f"tvm-patch: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _number(kind, low, high=None):
+    """An argparse type: a finite `kind` in [low, high]."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or value < low or \
+                (high is not None and value > high):
+            what = "an integer" if kind is int else "a number"
+            bounds = f"between {low} and {high}" if high is not None else f">= {low}"
+            raise argparse.ArgumentTypeError(f"expected {what} {bounds}, got {text!r}")
+        return value
+    return parse
 
 
 def _int_or_auto(text):
     if text == "auto":
         return text
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}")
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 or 'auto', got {text!r}")
+    return value
 
 
 def _modules(args):
     """(module to compile, layer-by-layer module, schedule dict or None)."""
     from . import load
-    base = load(args.model)
-    if args.patches is None and args.split is None and args.sram is None:
+    from .build import PATCH_OPTIONS, apply_passes
+    base = load(args.model, io_type=args.io_type)
+    mod = apply_passes(base, **{name: getattr(args, name) for name in PATCH_OPTIONS})
+    if mod is base:
         return base, base, None
-    from .passes import PatchBasedInference
-    mod = PatchBasedInference(split="auto" if args.split is None else args.split,
-                              patches="auto" if args.patches is None else args.patches,
-                              sram=args.sram, max_mac_overhead=args.max_mac_overhead,
-                              objective=args.objective)(base)
     return mod, base, json.loads(str(mod["main"].attrs["tvm_patch.stage"]))
+
+
+def _io_fields(mod) -> dict:
+    """`inputs` and `outputs`: shape, dtype, scale, zero_point of each."""
+    from .frontend.relax_emit import graph_of
+    return io_specs(graph_of(mod))
 
 
 def _schedule_fields(schedule) -> dict:
     if schedule is None or not schedule["patches"]:
         return {"patches": None, "split": None, "input_tile_hw": None, "macs_overhead": 1.0,
+                "quantize_first": False,
                 "note": schedule["note"] if schedule else "layer by layer"}
     return {k: schedule[k] for k in ("patches", "split", "input_tile_hw", "macs_overhead",
-                                      "stage_macs_overhead", "note")}
+                                      "stage_macs_overhead", "quantize_first", "note")}
 
 
 def _schedule_line(schedule, before, after) -> str:
@@ -126,7 +186,9 @@ def _schedule_line(schedule, before, after) -> str:
         return f"schedule: layer by layer ({schedule['note']})"
     h, w = schedule["input_tile_hw"]
     return (f"schedule: {schedule['patches']}x{schedule['patches']} patches over the first "
-            f"{schedule['split']} convolution layers, input tile {h}x{w}, MACs x"
+            f"{schedule['split']} convolution layers"
+            f"{' (the input quantized first)' if schedule['quantize_first'] else ''}, "
+            f"input tile {h}x{w}, MACs x"
             f"{schedule['macs_overhead']:.4f} (stage x{schedule['stage_macs_overhead']:.4f})\n"
             f"arena {before.arena_bytes:,} -> {after.arena_bytes:,} B | arena_excl_io "
             f"{before.arena_excl_io_bytes:,} -> {after.arena_excl_io_bytes:,} B | paper_analytic "
@@ -135,13 +197,17 @@ def _schedule_line(schedule, before, after) -> str:
 
 def _profile(args) -> int:
     from . import profile
+    if args.plot:
+        if not args.plot.endswith(".png"):
+            raise ModelError(f"--plot {args.plot}: give a .png file name")
+        _check_writable(args.plot, "--plot")
     mod, base, schedule = _modules(args)
     prof = profile(mod)
     before = profile(base) if schedule else prof
     if args.plot:
         prof.plot(args.plot, others={"layer by layer": before} if schedule else None)
     if args.json:
-        print(json.dumps(prof.as_dict() | _schedule_fields(schedule)))
+        print(json.dumps(prof.as_dict() | _schedule_fields(schedule) | _io_fields(mod)))
     else:
         print(prof.table())
         print(_schedule_line(schedule, before, prof))
@@ -153,6 +219,8 @@ def _profile(args) -> int:
 def _build(args) -> int:
     from . import build, profile
     t = time.perf_counter()
+    if args.out:
+        _check_writable(args.out, "-o", directory=True)
     mod, base, schedule = _modules(args)
     firmware = None
     if args.target == "host":
@@ -166,8 +234,8 @@ def _build(args) -> int:
     prof = profile(mod)
     summary = prof.as_dict()
     summary.pop("layers")
-    summary |= _schedule_fields(schedule) | {"compile_seconds": round(seconds, 2),
-                                             "target": args.target}
+    summary |= _schedule_fields(schedule) | _io_fields(mod) | {
+        "compile_seconds": round(seconds, 2), "target": args.target}
     if firmware is not None:
         summary |= _firmware_fields(firmware) | {"project": args.out}
     if args.json:
@@ -195,29 +263,93 @@ def _firmware_line(fw) -> str:
 
 def _run(args) -> int:
     from . import build, profile
-    try:
-        x = np.load(args.input)
-    except (OSError, ValueError) as e:
-        raise ModelError(f"cannot read input {args.input}: {e}") from None
+    if not args.output.endswith((".npy", ".npz")):
+        raise ModelError(f"--output {args.output}: give a .npy (or .npz) file name")
+    _check_writable(args.output, "--output")
+    if args.out:
+        _check_writable(args.out, "-o", directory=True)
+    x = _read_input(args)
     mod, _, schedule = _modules(args)
+    io = _io_fields(mod)
+    npz = args.output.endswith(".npz")
+    if len(io["outputs"]) > 1 and not npz:
+        raise ModelError(f"the model has {len(io['outputs'])} outputs: give --output OUT.npz "
+                         f"(written as output_0, output_1, ...), not {args.output}")
     extra = {}
     if args.target == "host":
         outputs = build(mod).run(x)
     else:
         outputs, extra = _run_on_device(args, mod, x)
-    np.save(args.output, outputs[0])
+    if npz:
+        np.savez(args.output, **{f"output_{k}": o for k, o in enumerate(outputs)})
+    else:
+        np.save(args.output, outputs[0])
     if args.json:
         prof = profile(mod).as_dict()
         prof.pop("layers")
-        prof |= _schedule_fields(schedule) | {"target": args.target} | extra
-        prof["outputs"] = [o.tolist() for o in outputs]
+        prof |= _schedule_fields(schedule) | {"target": args.target} | extra | io
+        prof["outputs"] = [spec | {"values": o.tolist()} for spec, o in zip(io["outputs"],
+                                                                             outputs)]
         prof["output_file"] = args.output
         print(json.dumps(prof))
     else:
-        print(f"output {outputs[0].shape} {outputs[0].dtype} -> {args.output}")
+        for k, o in enumerate(outputs):
+            print(f"output {k} {o.shape} {o.dtype} -> {args.output}")
         if extra:
             print(_counters_line(extra))
     return 0
+
+
+def _read_input(args) -> np.ndarray:
+    """The --input array, checked against the model's input from the .npy header alone,
+    before its data is read (a forged header must not allocate) and before compiling."""
+    from .frontend import read
+    from .runtime.host import check_inputs
+    path = args.input
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a pipe or device could block forever
+            raise ModelError(f"--input {path} is not a regular file")
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            header = {(1, 0): np.lib.format.read_array_header_1_0,
+                      (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if header is None:
+                raise ValueError(f".npy format version {version} is not supported")
+            shape, _, dtype = header(f)
+            data_bytes = os.fstat(f.fileno()).st_size - f.tell()
+    except OSError as e:
+        raise ModelError(f"cannot read input {path}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise ModelError(f"cannot read input {path}: not a .npy file ({e})") from None
+    graph = read(args.model, io_type=args.io_type)
+    check_inputs([np.broadcast_to(np.zeros((), dtype), shape)],
+                 [(graph.t(n).shape, graph.t(n).dtype) for n in graph.inputs])
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if data_bytes < expected:
+        raise ModelError(f"input {path} is truncated: {data_bytes} bytes of data for shape "
+                         f"{tuple(shape)} {dtype}, expected {expected}")
+    x = np.load(path, allow_pickle=False)
+    if x.dtype.kind == "f" and np.isnan(x).any():
+        raise ModelError(f"input {path} holds {int(np.isnan(x).sum())} NaN value(s): "
+                         "NaN has no quantized value")
+    return x
+
+
+def _check_writable(path, option, directory=False):
+    """Refuses an output path that cannot be written, before anything is compiled.
+    A directory is created when missing; a file's directory must exist."""
+    if directory and os.path.exists(path) and not os.path.isdir(path):
+        raise ModelError(f"{option} {path} is an existing file, not a directory")
+    if not directory and os.path.isdir(path):
+        raise ModelError(f"{option} {path} is a directory")
+    parent = os.path.dirname(os.path.abspath(path)) if not directory else os.path.abspath(path)
+    while directory and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ModelError(f"{option} {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK) or (
+            os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise ModelError(f"{option} {path} is not writable")
 
 
 def _run_on_device(args, mod, x):
@@ -249,9 +381,10 @@ def _counters_line(extra) -> str:
 
 def _zoo(args) -> int:
     from . import zoo
+    _check_writable(args.output, "-o")
     try:
         path = zoo.save(args.name, args.output, resolution=args.resolution, width=args.width,
-                        seed=args.seed)
+                        seed=args.seed, quant=args.quant)
     except ValueError as e:
         raise ModelError(str(e)) from None
     print(f"wrote {path} ({os.path.getsize(path):,} bytes)")

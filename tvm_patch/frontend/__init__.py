@@ -5,22 +5,26 @@ from __future__ import annotations
 import os
 
 from ..graph import Graph, ModelError
+from .io_type import with_io_type
 from .relax_emit import to_relax
 from .simplify import fold_pads, mark_inplace
+from .validate import validate
 
 
-def read(model) -> Graph:
-    """A .tflite or .onnx file (path or bytes) as the graph IR, simplified exactly."""
+def read(model, io_type: str | None = None) -> Graph:
+    """A .tflite or .onnx file (path or bytes) as the graph IR, simplified exactly;
+    io_type "int8" drops the float edges (QUANTIZE/DEQUANTIZE, see io_type.py)."""
     if isinstance(model, Graph):
-        return model
-    return mark_inplace(fold_pads(_read_file(model)))
+        return with_io_type(model, io_type)
+    return mark_inplace(fold_pads(with_io_type(_read_file(model), io_type)))
 
 
 def _read_file(model) -> Graph:
     if isinstance(model, (str, os.PathLike)):
         path = str(model)
-        if not os.path.isfile(path):
-            raise ModelError(f"{path}: no such model file")
+        if not os.path.isfile(path):  # a pipe or a device could block the read for ever
+            raise ModelError(f"{path}: " + ("not a regular file" if os.path.exists(path)
+                                            else "no such model file"))
         with open(path, "rb") as f:
             data = f.read()
         name = os.path.splitext(os.path.basename(path))[0]
@@ -30,11 +34,16 @@ def _read_file(model) -> Graph:
         from .onnx import read_onnx
         graph = read_onnx(data)
         graph.name = name
-        return graph
+        return validate(graph, strict_types=False)
     from .tflite import read_tflite
     return read_tflite(data, name)
 
 
-def load(model):
+def load(model, io_type: str | None = None):
     """A .tflite or .onnx model as a Relax IRModule (NHWC, integer kernels for int8)."""
-    return to_relax(read(model))
+    from ..kernels.lower import lower_op
+    graph = read(model, io_type)
+    # kernels first: an error while the Relax builder is open would leave it unfinished
+    kernels = {pos: lower_op(op, graph) for pos, op in enumerate(graph.ops)
+               if op.kind != "reshape"}
+    return to_relax(graph, kernels=kernels)

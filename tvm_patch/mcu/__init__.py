@@ -13,8 +13,12 @@ from .session import Counters, DeviceError, Session
 
 
 def compile(mod, target: str, directory, **options) -> Firmware:  # noqa: A001
-    """Writes the firmware project for `mod` and builds it; `options` as for write_project."""
-    write_project(mod, target, directory, **options)
+    """Writes the firmware project for `mod` and builds it. `options`: the patch options of
+    tvm_patch.build (any of them turns patch-based inference on), the rest as for
+    write_project."""
+    from ..build import PATCH_OPTIONS, apply_passes
+    patch = {name: options.pop(name) for name in PATCH_OPTIONS if name in options}
+    write_project(apply_passes(mod, **patch), target, directory, **options)
     return build_firmware(directory)
 
 

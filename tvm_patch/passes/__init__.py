@@ -41,6 +41,7 @@ class Choice:
     stage_macs_overhead: float = 1.0
     input_tile_hw: tuple = ()
     note: str = ""
+    quantize_first: bool = False   # a leading QUANTIZE runs as its own layer before the stage
 
 
 OBJECTIVES = ("arena", "arena_excl_io")
@@ -76,21 +77,27 @@ def choose(graph: Graph, split="auto", patches="auto", sram=None, max_mac_overhe
     fits; without, the smallest arena whose whole-network MAC factor is at most
     `max_mac_overhead` (`objective` names the accounting rule: "arena", or "arena_excl_io"
     as TinyEngine and msf-CNN count). Layer by layer is kept when patching does not lower
-    it. `sram` always bounds the full arena."""
+    it. `sram` always bounds the full arena. A model starting with a QUANTIZE has each
+    (patches, split) planned twice, quantizing tiles inside the stage or the whole input
+    first (the float input then dies before the stage); the one `objective` prefers is kept."""
     scratch = scratch if scratch is not None else _scratch({}, graph)
     base = _evaluate(graph, None, scratch)
-    if split != "auto" and patches != "auto":
-        stage = plan_stage(graph, int(split), int(patches))
-        return _evaluate(graph, stage, scratch, base), stage
-    candidates, errors = [(base, None)], []
+    first = "arena_bytes" if objective == "arena" else "arena_excl_io_bytes"
+    fixed = split != "auto" and patches != "auto"
+    candidates, errors = [] if fixed else [(base, None)], []
     for k in ([int(split)] if split != "auto" else range(1, _max_split(graph) + 1)):
         for p in ([int(patches)] if patches != "auto" else range(2, MAX_PATCHES + 1)):
-            try:
-                stage = plan_stage(graph, k, p)
-            except ModelError as e:
-                errors.append(e)
-                continue
-            candidates.append((_evaluate(graph, stage, scratch, base), stage))
+            for stage_graph in stage_graphs(graph):
+                try:
+                    stage = plan_stage(stage_graph, k, p)
+                except ModelError as e:
+                    errors.append(e)
+                    continue
+                candidates.append((_evaluate(graph, stage, scratch, base), stage))
+    if fixed:
+        if not candidates:
+            raise errors[0]
+        return min(candidates, key=lambda c: (getattr(c[0], first), c[0].arena_bytes))
     if len(candidates) == 1 and "auto" in (split, patches) and (split, patches) != \
             ("auto", "auto") and errors:
         raise errors[0]  # the fixed half admits no schedule: say why
@@ -101,12 +108,21 @@ def choose(graph: Graph, split="auto", patches="auto", sram=None, max_mac_overhe
             raise ModelError(_no_fit(graph, best, sram, scratch))
         return min(fitting, key=lambda c: (c[0].macs, c[0].arena_bytes))
     allowed = [c for c in candidates if c[0].macs_overhead <= max_mac_overhead]
-    first = "arena_bytes" if objective == "arena" else "arena_excl_io_bytes"
     best = min(allowed, key=lambda c: (getattr(c[0], first), c[0].arena_bytes, c[0].macs))
     if best[1] is None:
         base.note = (f"patching does not lower {objective} ({getattr(base, first):,} B layer "
                      f"by layer) within a MAC factor of {max_mac_overhead}: kept layer by layer")
     return best
+
+
+def stage_graphs(graph: Graph) -> list:
+    """The graphs a stage is planned on: the model's own, and when it starts by quantizing an
+    input, the same without that QUANTIZE, reading its output (it then runs on its own)."""
+    lead = graph.ops[0] if graph.ops else None
+    if lead is None or lead.kind != "quantize" or lead.inputs[0] not in graph.inputs:
+        return [graph]
+    inputs = [lead.outputs[0] if n == lead.inputs[0] else n for n in graph.inputs]
+    return [graph, Graph(graph.tensors, graph.ops[1:], inputs, graph.outputs, graph.name)]
 
 
 def _max_split(graph: Graph) -> int:
@@ -127,7 +143,8 @@ def _evaluate(graph: Graph, stage: Stage | None, scratch: dict, base: Choice | N
     if stage is None:
         return Choice(0, 0, arena, excl, macs, 1.0)
     return Choice(stage.patches, stage.split, arena, excl, macs, macs / base.macs,
-                  stage.mac_overhead, tuple(stage.input_tile_hw))
+                  stage.mac_overhead, tuple(stage.input_tile_hw),
+                  quantize_first=stage.input not in graph.inputs)
 
 
 def _calls(graph: Graph, stage: Stage | None, scratch: dict) -> tuple:
@@ -192,4 +209,4 @@ def _no_fit(graph, best, sram, scratch) -> str:
             f"{choice.arena_bytes:,} B ({sched}); the largest layers:\n{worst}")
 
 
-__all__ = ["PatchBasedInference", "choose", "Choice", "plan_stage", "stage_ops"]
+__all__ = ["PatchBasedInference", "choose", "Choice", "plan_stage", "stage_graphs", "stage_ops"]
