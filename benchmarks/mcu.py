@@ -47,7 +47,7 @@ patch.MODELS.update({
 MODELS = ["mcunet-vww1 r80", "mlperf-vww mbv1-0.25 r96", "mlperf-ic resnet8 r32",
           "mlperf-kws ds-cnn", "mbv2-w0.35-r144 (zoo)", "mcunet-10fps r48", "mcunet-5fps r96",
           "mcunet-in3 (320kb-1mb) r176", "proxyless-w0.3-r176", "resnet8 (zoo)", "demo (zoo)",
-          "mbv2-w1.0-r224 (zoo)"]
+          "detector r128x160 (zoo)", "mbv2-w1.0-r224 (zoo)"]
 QUICK = ["mlperf-ic resnet8 r32", "demo (zoo)"]
 
 
@@ -82,7 +82,7 @@ def run_one(bench: Bench, label: str, patched: bool, kinds: dict):
             c = session.counters
             layers = session.project["layers"]
     ref = reference.run(data, [x])
-    exact = all(np.array_equal(a, r) for a, r in zip(out, ref))
+    exact = len(out) == len(ref) and all(np.array_equal(a, r) for a, r in zip(out, ref))
     macs = sum(layer["macs"] for layer in layers)
     for layer, n in zip(layers, c.layer_instructions):
         kind = conv_kind(layer)

@@ -32,6 +32,7 @@ from tvm_patch import zoo  # noqa: E402
 from tvm_patch.frontend import load  # noqa: E402
 from tvm_patch.frontend.relax_emit import graph_of  # noqa: E402
 from tvm_patch.passes import PatchBasedInference, plan_stage  # noqa: E402
+from tvm_patch.passes import stage_graphs  # noqa: E402
 
 DEFAULT_MODELS = os.environ.get("TVM_PATCH_MODELS",
                                 os.path.join(os.path.dirname(ROOT), "shared", "models"))
@@ -48,8 +49,10 @@ MODELS = {
     "mcunet-5fps r96": ("config", "mcunet-5fps_imagenet.json"),
     "mcunet-in3 (320kb-1mb) r176": ("config", "mcunet-320kb-1mb_imagenet.json"),
     "mbv2-w1.0-r224 (zoo)": ("zoo", "mobilenetv2", 224, 1.0),
+    "detector r128x160 (zoo)": ("zoo", "detector", None, None),
 }
-QUICK = ["mcunet-vww1 r80", "mbv2-w0.35-r144 (zoo)", "mcunet-10fps r48"]
+QUICK = ["mcunet-vww1 r80", "mbv2-w0.35-r144 (zoo)", "mcunet-10fps r48",
+         "detector r128x160 (zoo)"]
 
 # GUIDE section 9: per-layer figures, then patch-based ones as
 # (model, who, bytes, whole-network MAC factor or None, our rule to compare with)
@@ -69,11 +72,13 @@ PATCH_ANCHORS = [
     ("mcunet-in3 (320kb-1mb) r176", "MCUNetV2 (~215 kB)", 215 * 1024, None, "arena_excl_io"),
     ("mbv2-w1.0-r224 (zoo)", "MCUNetV2 p=4, 5 blocks", 172 * 1024, None, "paper_analytic"),
 ]
-# fixed schedules: (label, patches, split, what the paper / issue reports)
+# fixed schedules: (label, patches, split, objective, what the paper / issue reports); the
+# objective picks between quantizing tiles in the stage and quantizing the input first
 FIXED = [
-    ("mbv2-w1.0-r224 (zoo)", 4, 12,
+    ("mbv2-w1.0-r224 (zoo)", 4, 12, "arena",
      "MCUNetV2: paper rule 1372 kB -> 172 kB, stage MACs +42% (+18% redistributed)"),
-    ("mcunet-vww1 r80", 2, 5, "TinyEngine: 62,352 B (vs arena_excl_io), +2.85% MACs"),
+    ("mcunet-vww1 r80", 2, 5, "arena_excl_io",
+     "TinyEngine: 62,352 B (vs arena_excl_io), +2.85% MACs"),
 ]
 COMPILE_MODEL = ("mcunet-vww1 r80", 2, 5)
 
@@ -241,18 +246,19 @@ def anchors(bench: Bench, labels: list, cap: float) -> None:
 
 def fixed(bench: Bench, labels: list, issues: list) -> None:
     print("\nFixed schedules (bytes)")
-    for label, patches, split, paper in FIXED:
+    for label, patches, split, objective, paper in FIXED:
         if label not in labels:
             continue
         m = bench.model(label)
-        attr, prof, _ = bench.patched(label, split=split, patches=patches)
+        attr, prof, _ = bench.patched(label, split=split, patches=patches, objective=objective)
         issues += consistency(label, f"P={patches} K={split}", attr, prof)
-        stage = plan_stage(m["graph"], split, patches)
+        stage = plan_stage(stage_graphs(m["graph"])[attr["quantize_first"]], split, patches)
         base = m["profile"]
         out = m["graph"].t(stage.output)
         kinds = [op.kind for op in stage.ops]
         fused = ", ".join(f"{k} x{kinds.count(k)}" for k in dict.fromkeys(kinds))
-        print(f"\n{label}, P={patches} K={split}: fused {fused}; stage output "
+        print(f"\n{label}, P={patches} K={split} (objective {objective}): fused {fused}; "
+              f"stage output "
               f"{hw(out.shape)}, input tile {hw(stage.input_tile_hw)}, tile buffers "
               f"{b(stage.workspace)} B")
         print(f"  paper / issue: {paper}")
@@ -276,6 +282,31 @@ def fixed(bench: Bench, labels: list, issues: list) -> None:
         print(f"  paper_analytic: the stage's own (per tile + full stage output) "
               f"{b(stage.paper_bytes)} B; the network's peak {b(peak.paper_bytes)} B is at "
               f"{peak.kind} -> {hw(peak.output)}")
+
+
+def float_input(bench: Bench, labels: list) -> None:
+    """A float input image and the arena: quantized tile by tile inside the stage (the
+    float image lives until the last tile), quantized first (float and int8 images live
+    together once), or int8 I/O (the QUANTIZE and DEQUANTIZE removed, io_type="int8")."""
+    label, patches, split = COMPILE_MODEL
+    if label not in labels:
+        return
+    rows = []
+    for how, objective in (("QUANTIZE inside the stage", "arena_excl_io"),
+                           ("QUANTIZE first, then the stage", "arena")):
+        attr, prof, _ = bench.patched(label, split=split, patches=patches, objective=objective)
+        rows.append([how, b(prof.arena_bytes), b(prof.arena_excl_io_bytes),
+                     str(attr["quantize_first"])])
+    int8 = load(bench.source(label), io_type="int8")
+    base = tvm_patch.profile(int8)
+    prof = tvm_patch.profile(PatchBasedInference(split=split, patches=patches)(int8))
+    rows.append(["io_type=int8, layer by layer", b(base.arena_bytes),
+                 b(base.arena_excl_io_bytes), "-"])
+    rows.append(["io_type=int8", b(prof.arena_bytes), b(prof.arena_excl_io_bytes), "-"])
+    x = graph_of(int8).t(graph_of(int8).inputs[0])
+    print(f"\nFloat input, {label} P={patches} K={split} (bytes; the int8 input is "
+          f"{b(x.nbytes)} B)")
+    print(table(["input", "arena", "arena_excl_io", "quantize_first"], rows))
 
 
 def compile_time(bench: Bench) -> None:
@@ -318,6 +349,7 @@ def main() -> int:
     auto(bench, labels, args.mac_cap, issues)
     anchors(bench, labels, args.mac_cap)
     fixed(bench, labels, issues)
+    float_input(bench, labels)
     if not args.quick and bench.available(COMPILE_MODEL[0]):
         compile_time(bench)
     print("\nConsistency (pass attribute vs profile of the emitted module): "

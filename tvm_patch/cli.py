@@ -60,7 +60,9 @@ def main(argv=None) -> int:
 
     args = parser.parse_args(argv)
     in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
+    if in_main_thread:  # SIGINT too: a shell starts background jobs with it ignored
+        previous = (signal.signal(signal.SIGTERM, _on_sigterm),
+                    signal.signal(signal.SIGINT, signal.default_int_handler))
     try:  # Ctrl-C and SIGTERM unwind like errors, so every `with` stops its emulator
         return {"profile": _profile, "build": _build, "run": _run, "zoo": _zoo,
                 "demo": _demo}[args.command](args)
@@ -75,7 +77,8 @@ def main(argv=None) -> int:
         return 143
     finally:
         if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGTERM, previous[0])
+            signal.signal(signal.SIGINT, previous[1])
 
 
 class _Terminated(BaseException):
