@@ -41,9 +41,4 @@ def _read_file(model) -> Graph:
 
 def load(model, io_type: str | None = None):
     """A .tflite or .onnx model as a Relax IRModule (NHWC, integer kernels for int8)."""
-    from ..kernels.lower import lower_op
-    graph = read(model, io_type)
-    # kernels first: an error while the Relax builder is open would leave it unfinished
-    kernels = {pos: lower_op(op, graph) for pos, op in enumerate(graph.ops)
-               if op.kind != "reshape"}
-    return to_relax(graph, kernels=kernels)
+    return to_relax(read(model, io_type))

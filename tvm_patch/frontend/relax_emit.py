@@ -31,6 +31,13 @@ def to_relax(graph: Graph, stage=None, kernels: dict | None = None):
     if stage is not None:
         attrs["tvm_patch.stage"] = json.dumps({"patches": stage.patches, "split": stage.split})
     in_stage = {id(op) for op in stage.ops} if stage is not None else set()
+    # every kernel before the builder opens: an error inside it would leave it unfinished
+    for pos, op in enumerate(graph.ops):
+        if id(op) not in in_stage and op.kind != "reshape" and pos not in kernels:
+            kernels[pos] = lower_op(op, graph)
+    if stage is not None:
+        from ..passes.fuse import lower_stage  # the stage compiler builds on the op kernels
+        stage_kernel = lower_stage(stage, graph)
     bb = relax.BlockBuilder()
     params = [relax.Var(_var_name(n), relax.TensorType(graph.t(n).shape, graph.t(n).dtype))
               for n in graph.inputs]
@@ -41,14 +48,12 @@ def to_relax(graph: Graph, stage=None, kernels: dict | None = None):
                 out = graph.t(op.outputs[0])
                 if id(op) in in_stage:
                     if op is stage.ops[-1]:
-                        env[out.name] = _emit_stage(bb, stage, graph, env)
+                        env[out.name] = _emit_stage(bb, stage, stage_kernel, graph, env)
                     continue
                 if op.kind == "reshape":
                     env[out.name] = bb.emit(relax.op.reshape(env[op.inputs[0]], out.shape),
                                             name_hint=_var_name(out.name))
                     continue
-                if pos not in kernels:
-                    kernels[pos] = lower_op(op, graph)
                 kernel = kernels[pos]
                 func = kernel.func.with_attr(
                     "tvm_patch.inplace", int(bool(op.attrs.get("inplace"))))
@@ -61,9 +66,7 @@ def to_relax(graph: Graph, stage=None, kernels: dict | None = None):
     return bb.finalize()
 
 
-def _emit_stage(bb, stage, graph, env):
-    from ..passes.fuse import lower_stage  # the stage compiler builds on the op kernels
-    kernel = lower_stage(stage, graph)
+def _emit_stage(bb, stage, kernel, graph, env):
     first = stage.ops[0]
     describe = {"kind": "patch_stage", "index": first.index, "source": "PATCH_STAGE", "attrs": {
         "patches": stage.patches, "split": stage.split, "tile": list(stage.tile),
