@@ -17,12 +17,17 @@ Accounting rules (bytes):
               (instructions, NOT cycles: QEMU does not model the M7 pipeline or memories)
   TFLM arena  TFLite Micro's activation arena for the same model (its recording allocator's
               `head`), the peer runtime
+  CMSIS-NN    instructions of one Invoke() of TFLite Micro with ARM's CMSIS-NN kernels on the
+              same emulated Cortex-M7, same input (../shared/peers/tflm-m7/run); "x" is ours
+              over it
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -79,6 +84,7 @@ def run_one(bench: Bench, label: str, patched: bool, kinds: dict):
                  if spec["dtype"] == "float32" else
                  rng.integers(-128, 128, spec["shape"]).astype(spec["dtype"]))
             out = session.run_model(x)
+            peer = peer_instructions(bench.models_dir, data, x) if not patched else None
             c = session.counters
             layers = session.project["layers"]
     ref = reference.run(data, [x])
@@ -92,7 +98,24 @@ def run_one(bench: Bench, label: str, patched: bool, kinds: dict):
             k[1] += layer["macs"]
     return {"fw": fw, "instructions": c.instructions, "stack": c.stack_bytes, "macs": macs,
             "exact": exact, "build_s": build_s, "layers": layers,
-            "layer_instructions": c.layer_instructions}, None
+            "layer_instructions": c.layer_instructions, "peer": peer}, None
+
+
+def peer_instructions(models_dir: str, data: bytes, x) -> int | None:
+    """TFLite Micro + CMSIS-NN's instructions for one inference on the same input, or None
+    when the peer tool is not beside the models."""
+    tool = os.path.join(os.path.dirname(os.path.abspath(models_dir)), "peers", "tflm-m7", "run")
+    if not os.path.exists(tool):
+        return None
+    with tempfile.TemporaryDirectory(prefix="tvmp-peer-") as tmp:
+        model, inp = os.path.join(tmp, "m.tflite"), os.path.join(tmp, "x.npy")
+        with open(model, "wb") as f:
+            f.write(data)
+        np.save(inp, x)
+        out = subprocess.run([tool, "--kernels", "cmsis-nn", model, inp], capture_output=True,
+                             text=True, timeout=900)
+    lines = out.stdout.strip().splitlines()
+    return json.loads(lines[-1]).get("instructions") if lines else None
 
 
 def per_layer(bench: Bench, label: str) -> int:
@@ -133,25 +156,30 @@ def main() -> int:
             tflm = b(reference.arena(data)["head"])
         except Exception as e:  # noqa: BLE001  (TFLite Micro may refuse a model)
             tflm = f"n/a ({type(e).__name__})"
+        peer = None
         for patched in (False, True):
             result, why = run_one(bench, label, patched, kinds)
+            peer = result["peer"] if result and not patched else peer
             sched = "patch-based (auto)" if patched else "layer by layer"
             if result is None:
                 notes.append(f"[{len(notes) + 1}] {label}, {sched}: {why}")
                 rows.append([label, sched, f"does not fit [{len(notes)}]", "", "", "", "", "",
-                             "", "", tflm])
+                             "", "", tflm, "", ""])
                 continue
             fw = result["fw"]
             failures += not result["exact"]
             rows.append([label, sched, b(fw.arena_bytes), b(fw.flash_bytes),
                          b(fw.static_ram_bytes), b(result["stack"]), b(result["instructions"]),
                          f"{result['instructions'] / max(result['macs'], 1):.2f}",
-                         "yes" if result["exact"] else "NO", f"{result['build_s']:.1f}", tflm])
+                         "yes" if result["exact"] else "NO", f"{result['build_s']:.1f}", tflm,
+                         b(peer) if peer else "", f"{result['instructions'] / peer:.2f}"
+                         if peer else ""])
             print(f"  {label}, {sched}: done", file=sys.stderr, flush=True)
     print("Cortex-M7 emulator, STM32F746 budget (RAM 327,680 B, Flash 1,048,576 B); "
           "instructions, not cycles\n")
     print(table(["model", "schedule", "arena B", "Flash B", "static RAM B", "stack B",
-                 "instr/inference", "instr/MAC", "bit-exact", "build s", "TFLM arena B"],
+                 "instr/inference", "instr/MAC", "bit-exact", "build s", "TFLM arena B",
+                 "CMSIS-NN instr", "x CMSIS-NN"],
                 rows, left=(0, 1)))
     print("\n".join([""] + notes))
     print("\nInstructions per MAC by convolution kind (layer by layer, all models above):\n")
