@@ -29,8 +29,8 @@ sys.path.insert(0, ROOT)  # benchmark the checkout this script belongs to
 
 import tvm_patch  # noqa: E402
 from tvm_patch import zoo  # noqa: E402
-from tvm_patch.frontend import load  # noqa: E402
-from tvm_patch.frontend.relax_emit import graph_of  # noqa: E402
+from tvm_patch import load  # noqa: E402
+from tvm_patch.passes.emit import graph_of  # noqa: E402
 from tvm_patch.passes import PatchBasedInference, plan_stage  # noqa: E402
 from tvm_patch.passes import stage_graphs  # noqa: E402
 

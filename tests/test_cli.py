@@ -51,9 +51,14 @@ def test_patch_options_and_json(tmp_path):
     tvm_patch_cli("zoo", "demo", "-o", str(model))
     prof = json.loads(tvm_patch_cli("profile", str(model), "--patches", "2", "--split", "3",
                                     "--json"))
-    assert prof["patches"] == 2 and prof["split"] == 3
-    assert len(prof["input_tile_hw"]) == 2 and prof["macs_overhead"] > 1.0
+    assert [b["grid"] for b in prof["blocks"]] == [[2, 2]]
+    assert len(prof["blocks"][0]["input_tile_hw"]) == 2 and prof["macs_overhead"] > 1.0
     assert prof["layers"][0]["kind"] == "patch_stage"
+    # the schedule --json prints builds the same module again
+    (tmp_path / "schedule.json").write_text(json.dumps(prof["schedule"]))
+    again = json.loads(tvm_patch_cli("profile", str(model), "--schedule",
+                                     str(tmp_path / "schedule.json"), "--json"))
+    assert again["schedule"] == prof["schedule"] and again["layers"] == prof["layers"]
 
     x = np.random.default_rng(5).integers(-128, 128, (1, 80, 80, 3)).astype(np.int8)
     np.save(tmp_path / "x.npy", x)
@@ -62,7 +67,7 @@ def test_patch_options_and_json(tmp_path):
                                    "--output", str(tmp_path / "y.npy"), "--json"))
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"),
                                   reference.run(model.read_bytes(), [x])[0])
-    assert res["patches"] and res["split"]
+    assert res["blocks"] and res["schedule"]["blocks"]
 
 
 def test_patch_errors_are_one_line(tmp_path):

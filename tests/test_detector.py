@@ -12,7 +12,7 @@ import tvm_patch
 from tvm_patch import cli, mcu, reference, zoo
 from tvm_patch.analysis.memory import plan_memory
 from tvm_patch.graph import ModelError
-from tvm_patch.passes import PatchBasedInference
+from tvm_patch.passes import PatchBasedInference, cost_of
 from tvm_patch.zoo import ModelWriter
 
 from conftest import assert_bit_exact, compiled_model
@@ -156,8 +156,7 @@ def test_detector_layer_by_layer_bit_exact():
 
 def test_detector_patched_bit_exact_and_smaller():
     d = detector()
-    stage = d["patched"]["main"].attrs["tvm_patch.stage"]
-    assert '"patches": 0' not in str(stage)
+    assert cost_of(d["patched"])["blocks"]
     before, after = tvm_patch.profile(d["mod"]), tvm_patch.profile(d["patched"])
     assert after.arena_bytes < 0.7 * before.arena_bytes  # MCUNetV2's headline, detection too
     assert after.arena_excl_io_bytes < before.arena_excl_io_bytes

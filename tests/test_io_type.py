@@ -17,14 +17,17 @@ from tvm_patch.build import PATCH_OPTIONS, passes
 from tvm_patch.frontend import read
 from tvm_patch.frontend.io_type import with_io_type
 from tvm_patch.graph import ModelError
-from tvm_patch.passes import _max_split as max_split, _scratch as scratch_bytes, choose
+from tvm_patch.passes import choose, cost_of
+from tvm_patch.schedule import Schedule
+from tvm_patch.schedule.cost import CostModel
+from tvm_patch.schedule.search import _max_split as max_split
 from conftest import assert_bit_exact, shared_model
 
 build_module = importlib.import_module("tvm_patch.build")  # tvm_patch.build is the function
 
 # one value per patch option, each valid for mlperf-kws-dscnn
 ONE_OPTION = {"split": "auto", "patches": "auto", "sram": 1 << 20, "max_mac_overhead": 1.1,
-              "objective": "arena_excl_io"}
+              "objective": "arena_excl_io", "schedule": Schedule()}
 
 _LOADED = {}
 
@@ -37,8 +40,7 @@ def loaded(name, **options):
 
 
 def stage_attr(mod):
-    attrs = mod["main"].attrs
-    return json.loads(str(attrs["tvm_patch.stage"])) if "tvm_patch.stage" in attrs else None
+    return cost_of(mod)
 
 
 # -- 1. one rule for the patch switch ----------------------------------------------------------
@@ -65,9 +67,12 @@ def test_any_patch_option_turns_patching_on_everywhere(option, monkeypatch, tmp_
     assert stage_attr(seen["mod"]) is not None
 
     flag = "--" + option.replace("_", "-")
+    if option == "schedule":  # the CLI reads it from a file
+        (tmp_path / "schedule.json").write_text(value.dumps())
+        value = tmp_path / "schedule.json"
     args = ["profile", shared_model("mlperf-kws-dscnn"), flag, str(value)]
     _, _, schedule = cli._modules(_parse(args))
-    assert schedule is not None and "patches" in schedule
+    assert schedule is not None and "schedule" in schedule
 
 
 def test_no_patch_option_keeps_layer_by_layer(monkeypatch, tmp_path):
@@ -206,7 +211,10 @@ def vww1_graph():
     """mcunet-vww1's graph and its kernels' scratch bytes (lowering them takes seconds)."""
     if "scratch" not in _LOADED:
         graph = read(shared_model(VWW1))
-        _LOADED["scratch"] = graph, scratch_bytes({}, graph)
+        model = CostModel(graph)
+        for pos in range(len(graph.ops)):
+            model.scratch_of(pos)
+        _LOADED["scratch"] = graph, model.scratch
     return _LOADED["scratch"]
 
 
@@ -214,10 +222,11 @@ def test_quantize_first_is_planned_and_kept_when_smaller():
     """mcunet-vww1 at P=2 K=5: quantizing tiles inside the stage keeps the float image alive
     (120,704 B); quantizing the whole image first frees it before the stage."""
     graph, scratch = vww1_graph()
-    fused, _ = choose(graph, 5, 2, scratch=scratch, objective="arena_excl_io")
-    first, stage = choose(graph, 5, 2, scratch=scratch)
-    assert not fused.quantize_first and fused.arena_bytes == 120_704
-    assert first.quantize_first and first.arena_bytes < 100_000
+    fused = choose(graph, 5, 2, scratch=scratch, objective="arena_excl_io")
+    first = choose(graph, 5, 2, scratch=scratch)
+    assert fused.schedule.blocks[0].first == 0 and fused.arena_bytes == 120_704
+    assert first.schedule.blocks[0].first == 1 and first.arena_bytes < 100_000
+    stage = first.stages[0]
     assert stage.input == graph.ops[0].outputs[0] and graph.ops[0] not in stage.ops
     assert first.macs == fused.macs
 
@@ -226,11 +235,11 @@ def test_auto_keeps_no_float_image_when_a_smaller_plan_exists():
     """Every fixed (P, K), each with the better of its two quantize placements, within the
     MAC factor: auto's arena is no larger."""
     graph, scratch = vww1_graph()
-    best, _ = choose(graph, scratch=scratch)
+    best = choose(graph, scratch=scratch)
     for k in range(1, max_split(graph) + 1):
         for p in range(2, 9):
             try:
-                c, _ = choose(graph, k, p, scratch=scratch)
+                c = choose(graph, k, p, scratch=scratch)
             except ModelError:
                 continue
             assert c.macs_overhead > 1.2 or c.arena_bytes >= best.arena_bytes, (k, p)
@@ -241,8 +250,10 @@ def test_quantize_first_build_bit_exact_and_in_the_json():
         data = f.read()
     compiled = tvm_patch.build(loaded(VWW1), split=5, patches=2)
     schedule = stage_attr(compiled.mod)
-    assert schedule["quantize_first"] and schedule["arena_bytes"] < 120_704
+    assert schedule["schedule"]["blocks"][0]["first"] == 1  # the input quantized first
+    assert schedule["arena_bytes"] < 120_704
     assert tvm_patch.profile(compiled.mod).arena_bytes == schedule["arena_bytes"]
     assert_bit_exact(data, compiled, n=2)
     res = cli_json(["profile", shared_model(VWW1), "--patches", "2", "--split", "5"])
-    assert res["quantize_first"] is True and res["arena_bytes"] == schedule["arena_bytes"]
+    assert res["schedule"]["blocks"] == schedule["schedule"]["blocks"]
+    assert res["arena_bytes"] == schedule["arena_bytes"]

@@ -17,10 +17,11 @@ from tvm_patch.frontend import read
 from tvm_patch.graph import ModelError
 from tvm_patch.kernels.lower import activation_inputs, allocated_buffers, lower_op
 from tvm_patch.kernels.ops import macs as op_macs
-from tvm_patch.passes import PatchBasedInference, choose, plan_stage, stage_ops
+from tvm_patch.passes import PatchBasedInference, choose, cost_of, plan_stage, stage_ops
 from tvm_patch.passes.fuse import lower_stage
-from tvm_patch.passes import _max_split as max_split
-from tvm_patch.passes.stage import CONVS, tile_buffer
+from tvm_patch.schedule import schedule_of
+from tvm_patch.schedule.regions import CONVS, split_block, tile_buffer
+from tvm_patch.schedule.search import _max_split as max_split
 from conftest import SHARED, assert_bit_exact, shared_model
 from random_cnn import QUANTS, Layer, Spec, build as build_cnn, specs
 
@@ -30,7 +31,13 @@ SCHEDULES = {"mcunet-vww1": (5, 2), "mlperf-vww-mobilenetv1-0.25-96": (4, 2),
 
 
 def stage_attr(mod) -> dict:
-    return json.loads(str(mod["main"].attrs["tvm_patch.stage"]))
+    return cost_of(mod)
+
+
+def one_block(mod, graph, split, patches) -> bool:
+    """Whether `mod` was built with MCUNetV2's one block of `split` convolution layers."""
+    blocks = schedule_of(mod).blocks
+    return any(blocks == (split_block(graph, split, patches, q),) for q in (False, True))
 
 
 def random_input(graph, seed):
@@ -159,11 +166,10 @@ def test_random_cnn_patched_bit_exact_and_estimates_exact(spec, data):
 
     layered = tvm_patch.load(model)
     patched = PatchBasedInference(split=split, patches=patches)(layered)
-    attr = stage_attr(patched)
-    assert (attr["split"], attr["patches"]) == (split, patches)
+    assert one_block(patched, graph, split, patches)
 
     # the planner's estimate (no compilation) is what the emitted module holds
-    estimate, _ = choose(graph, split, patches)
+    estimate = choose(graph, split, patches)
     prof = tvm_patch.profile(patched)
     assert (estimate.arena_bytes, estimate.arena_excl_io_bytes) == \
         (prof.arena_bytes, prof.arena_excl_io_bytes)
@@ -185,9 +191,9 @@ def test_random_cnn_patched_bit_exact_and_estimates_exact(spec, data):
 def test_shared_model_patched_bit_exact(models, name, schedule):
     split, patches = SCHEDULES[name] if schedule == "fixed" else ("auto", "auto")
     data, _ = models.model(name)
-    attr = stage_attr(models.patched(name, split, patches))
     if schedule == "fixed":
-        assert (attr["split"], attr["patches"]) == (split, patches)
+        graph = read(data)
+        assert one_block(models.patched(name, split, patches), graph, split, patches)
     assert_bit_exact(data, models.host(name, split, patches), n=2)
 
 
@@ -200,13 +206,13 @@ def test_mcunet_vww1_p2_k5_memory_and_mac_overhead(models):
     prof, base = tvm_patch.profile(patched), tvm_patch.profile(layered)
     assert prof.arena_excl_io_bytes <= 62_352
     attr = stage_attr(patched)
-    assert not attr["quantize_first"]
+    assert attr["schedule"]["blocks"][0]["first"] == 0  # the QUANTIZE inside the block
     assert attr["macs_overhead"] <= 1.0285
     assert prof.macs / base.macs == pytest.approx(attr["macs_overhead"])
     # tile 10 of the 20x20 stage output; back to the 80x80 input: dw 3x3 s2 -> 21,
     # two 1x1 -> 21, dw 3x3 -> 23, conv 3x3 s2 -> 47
     stage = plan_stage(read(shared_model("mcunet-vww1")), 5, 2)
-    assert tuple(attr["input_tile_hw"]) == stage.input_tile_hw == (47, 47)
+    assert tuple(attr["blocks"][0]["input_tile_hw"]) == stage.input_tile_hw == (47, 47)
 
 
 # -- 4. MobileNetV2 w1.0 r224, P=4 K=12 (the paper's example) -----------------------------------
@@ -378,7 +384,7 @@ def test_auto_with_sram_fits(models, sram):
     attr = stage_attr(patched)
     assert attr["arena_bytes"] == tvm_patch.profile(patched).arena_bytes <= sram
     layer_by_layer_fits = tvm_patch.profile(layered).arena_bytes <= sram
-    assert (attr["patches"] == 0) == layer_by_layer_fits
+    assert (not attr["blocks"]) == layer_by_layer_fits
 
 
 @pytest.mark.parametrize("name", ["mlperf-kws-dscnn", "mlperf-ic-resnet8-32"])
@@ -388,7 +394,7 @@ def test_auto_never_raises_the_arena(models, name):
     attr = stage_attr(patched)
     base, ours = tvm_patch.profile(layered).arena_bytes, tvm_patch.profile(patched).arena_bytes
     assert attr["arena_bytes"] == ours
-    if attr["patches"]:
+    if attr["blocks"]:
         assert ours < base
     else:
         assert ours == base and attr["note"]

@@ -1,5 +1,6 @@
-"""Build entry points: `build(mod, target)` for a host run over the arena plan, and
-`pipeline()` for using the same passes through `relax.build(mod, target, relax_pipeline=...)`."""
+"""Entry points: `load(model)` for a layer-by-layer Relax module, `build(mod, target)` for a
+host run over the arena plan, and `pipeline()` for using the same passes through
+`relax.build(mod, target, relax_pipeline=...)`."""
 
 from __future__ import annotations
 
@@ -10,17 +11,30 @@ from .graph import ModelError
 from .runtime.host import HostModel
 
 HOST_TARGETS = ("host", "llvm")
-PATCH_OPTIONS = ("split", "patches", "sram", "max_mac_overhead", "objective")
+PATCH_OPTIONS = ("schedule", "split", "patches", "sram", "max_mac_overhead", "objective")
 
 
-def passes(split=None, patches=None, sram=None, max_mac_overhead=None, objective=None) -> list:
+def load(model, io_type: str | None = None):
+    """A .tflite or .onnx model (path, bytes or graph) as a layer-by-layer Relax IRModule
+    (NHWC, integer kernels for int8); io_type "int8" drops its float edges."""
+    from .frontend import read
+    from .passes.emit import to_relax
+    return to_relax(read(model, io_type))
+
+
+def passes(schedule=None, split=None, patches=None, sram=None, max_mac_overhead=None,
+           objective=None) -> list:
     """tvm_patch's own Relax passes, in order. The one rule for turning patch-based inference
-    on, shared by build(), pipeline(), mcu.compile() and the CLI: any patch option given
-    (not None) turns it on, and the others keep PatchBasedInference's defaults (auto)."""
-    given = {name: value for name, value in zip(
-        PATCH_OPTIONS, (split, patches, sram, max_mac_overhead, objective)) if value is not None}
+    on, shared by build(), pipeline(), mcu.compile() and the CLI: a Schedule, or any patch
+    option given (not None), turns it on; the options not given keep PatchBasedInference's
+    defaults (auto). A schedule excludes the search options."""
+    given = {name: value for name, value in zip(PATCH_OPTIONS, (
+        schedule, split, patches, sram, max_mac_overhead, objective)) if value is not None}
     if not given:
         return []
+    if schedule is not None and len(given) > 1:
+        raise ModelError(f"a schedule is given: the search options "
+                         f"{', '.join(k for k in given if k != 'schedule')} do not apply")
     from .passes import PatchBasedInference
     return [PatchBasedInference(**given)]
 

@@ -45,6 +45,16 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true")
     _patch_options(p)
 
+    p = sub.add_parser("pareto", help="the memory / MACs front of fused-block schedules")
+    p.add_argument("model")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--plot", metavar="FILE", help="write a PNG of the front")
+    p.add_argument("--objective", choices=("arena", "arena_excl_io"), default="arena",
+                   help="the accounting rule the front minimises (default arena)")
+    p.add_argument("--max-mac-overhead", type=_number(float, 1.0), metavar="F",
+                   help="only schedules with at most this whole-network MAC factor")
+    p.add_argument("--io-type", choices=IO_TYPES, help="int8: integer input and output")
+
     p = sub.add_parser("zoo", help="write an int8 .tflite from the zoo or an MCUNet config")
     p.add_argument("name", metavar="NAME_OR_CONFIG")
     p.add_argument("-o", "--output", required=True, metavar="OUT.tflite")
@@ -64,8 +74,8 @@ def main(argv=None) -> int:
         previous = (signal.signal(signal.SIGTERM, _on_sigterm),
                     signal.signal(signal.SIGINT, signal.default_int_handler))
     try:  # Ctrl-C and SIGTERM unwind like errors, so every `with` stops its emulator
-        return {"profile": _profile, "build": _build, "run": _run, "zoo": _zoo,
-                "demo": _demo}[args.command](args)
+        return {"profile": _profile, "build": _build, "run": _run, "pareto": _pareto,
+                "zoo": _zoo, "demo": _demo}[args.command](args)
     except ModelError as e:
         print(f"tvm-patch: error: {e}", file=sys.stderr)
         return 2
@@ -106,6 +116,8 @@ def _target_options(p, build: bool):
 
 def _patch_options(p):
     g = p.add_argument_group("patch-based inference (any of these enables it)")
+    g.add_argument("--schedule", metavar="FILE.json",
+                   help="build this schedule (from --json or tvm-patch pareto --json)")
     g.add_argument("--patches", type=_int_or_auto, metavar="P|auto",
                    help="tiles per side of the patch grid")
     g.add_argument("--split", type=_int_or_auto, metavar="K|auto",
@@ -157,42 +169,53 @@ def _int_or_auto(text):
 
 
 def _modules(args):
-    """(module to compile, layer-by-layer module, schedule dict or None)."""
+    """(module to compile, layer-by-layer module, cost record or None)."""
     from . import load
     from .build import PATCH_OPTIONS, apply_passes
-    base = load(args.model, io_type=args.io_type)
-    mod = apply_passes(base, **{name: getattr(args, name) for name in PATCH_OPTIONS})
+    from .passes import cost_of
+    from .schedule import read_schedule
+    options = {name: getattr(args, name) for name in PATCH_OPTIONS}
+    io_type = args.io_type
+    if args.schedule is not None:
+        options["schedule"] = schedule = read_schedule(args.schedule)
+        if schedule.io_type and io_type and schedule.io_type != io_type:
+            raise ModelError(f"--schedule {args.schedule} is for --io-type {schedule.io_type}, "
+                             f"not {io_type}")
+        io_type = io_type or schedule.io_type
+    base = load(args.model, io_type=io_type)
+    mod = apply_passes(base, **options)
     if mod is base:
         return base, base, None
-    return mod, base, json.loads(str(mod["main"].attrs["tvm_patch.stage"]))
+    cost = cost_of(mod)
+    if cost["schedule"] is not None:  # so that --json's schedule rebuilds as given
+        cost["schedule"]["io_type"] = io_type
+    return mod, base, cost
 
 
 def _io_fields(mod) -> dict:
     """`inputs` and `outputs`: shape, dtype, scale, zero_point of each."""
-    from .frontend.relax_emit import graph_of
+    from .passes.emit import graph_of
     return io_specs(graph_of(mod))
 
 
-def _schedule_fields(schedule) -> dict:
-    if schedule is None or not schedule["patches"]:
-        return {"patches": None, "split": None, "input_tile_hw": None, "macs_overhead": 1.0,
-                "quantize_first": False,
-                "note": schedule["note"] if schedule else "layer by layer"}
-    return {k: schedule[k] for k in ("patches", "split", "input_tile_hw", "macs_overhead",
-                                      "stage_macs_overhead", "quantize_first", "note")}
+def _schedule_fields(cost) -> dict:
+    if cost is None:
+        return {"schedule": None, "blocks": [], "macs_overhead": 1.0, "note": "layer by layer"}
+    return {k: cost[k] for k in ("schedule", "blocks", "macs_overhead", "note")}
 
 
-def _schedule_line(schedule, before, after) -> str:
-    if schedule is None:
+def _schedule_line(cost, before, after) -> str:
+    if cost is None:
         return "schedule: layer by layer"
-    if not schedule["patches"]:
-        return f"schedule: layer by layer ({schedule['note']})"
-    h, w = schedule["input_tile_hw"]
-    return (f"schedule: {schedule['patches']}x{schedule['patches']} patches over the first "
-            f"{schedule['split']} convolution layers"
-            f"{' (the input quantized first)' if schedule['quantize_first'] else ''}, "
-            f"input tile {h}x{w}, MACs x"
-            f"{schedule['macs_overhead']:.4f} (stage x{schedule['stage_macs_overhead']:.4f})\n"
+    if not cost["blocks"]:
+        return f"schedule: layer by layer ({cost['note']})"
+    blocks = "\n".join(
+        f"  {b['grid'][0]}x{b['grid'][1]} tiles, halo {'/'.join(b['halo'])}: {b['ops'][0]} .. "
+        f"{b['ops'][-1]} ({len(b['ops'])} ops), input tile {b['input_tile_hw'][0]}x"
+        f"{b['input_tile_hw'][1]}, workspace {b['workspace_bytes']:,} B, MACs x"
+        f"{b['macs_overhead']:.4f}" for b in cost["blocks"])
+    return (f"schedule: {len(cost['blocks'])} fused block(s), MACs x"
+            f"{cost['macs_overhead']:.4f}\n{blocks}\n"
             f"arena {before.arena_bytes:,} -> {after.arena_bytes:,} B | arena_excl_io "
             f"{before.arena_excl_io_bytes:,} -> {after.arena_excl_io_bytes:,} B | paper_analytic "
             f"{before.paper_analytic_bytes:,} -> {after.paper_analytic_bytes:,} B")
@@ -382,6 +405,58 @@ def _counters_line(extra) -> str:
             f"{extra['flash_bytes']:,} B | static RAM {extra['static_ram_bytes']:,} B")
 
 
+def _pareto(args) -> int:
+    from .frontend import read
+    from .schedule import Schedule, Search, fingerprint
+    if args.plot:
+        if not args.plot.endswith(".png"):
+            raise ModelError(f"--plot {args.plot}: give a .png file name")
+        _check_writable(args.plot, "--plot")
+    graph = read(args.model, io_type=args.io_type)
+    t = time.perf_counter()
+    search = Search(graph)
+    base = search.model.cost(Schedule((), fingerprint(graph)))
+    front = search.front(args.objective, args.max_mac_overhead)
+    seconds = time.perf_counter() - t
+    for cost in front:  # a schedule file built with --io-type must say so
+        cost.schedule = Schedule(cost.schedule.blocks, cost.schedule.model, args.io_type)
+    if args.plot:
+        _plot_front(args.plot, graph.name, args.objective, base, front)
+    if args.json:
+        print(json.dumps({"objective": args.objective, "search_seconds": round(seconds, 2),
+                          "layer_by_layer": base.as_dict(),
+                          "front": [c.as_dict() for c in front]}))
+        return 0
+    print(f"{'arena':>10} {'excl_io':>10} {'MACs':>12} {'factor':>7}  schedule")
+    for c in [base] + front:
+        print(f"{c.arena_bytes:>10,} {c.arena_excl_io_bytes:>10,} {c.macs:>12,} "
+              f"{c.macs_overhead:>7.3f}  {c.schedule.describe(graph)}")
+    print(f"{len(front)} schedules on the {args.objective} front, searched in {seconds:.1f} s "
+          f"(first row: layer by layer); save one with --json and pass it as --schedule")
+    if args.plot:
+        print(f"plot: {args.plot}")
+    return 0
+
+
+def _plot_front(path, name, objective, base, front):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    key = "arena_bytes" if objective == "arena" else "arena_excl_io_bytes"
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.step([c.macs_overhead for c in front], [getattr(c, key) / 1024 for c in front],
+            where="post", marker="o", label="fused-block schedules (front)")
+    ax.plot([1.0], [getattr(base, key) / 1024], "s", color="black", label="layer by layer")
+    ax.set_xlabel("MACs / layer-by-layer MACs")
+    ax.set_ylabel(f"{objective} (KiB)")
+    ax.set_title(f"{name}: memory / compute front")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def _zoo(args) -> int:
     from . import zoo
     _check_writable(args.output, "-o")
@@ -396,7 +471,7 @@ def _zoo(args) -> int:
 
 def _demo(args) -> int:
     from . import build, load, profile, reference, zoo
-    from .passes import PatchBasedInference
+    from .passes import PatchBasedInference, cost_of
     os.makedirs(args.out, exist_ok=True)
     model = os.path.join(args.out, "demo.tflite")
     zoo.save("demo", model)
@@ -408,9 +483,9 @@ def _demo(args) -> int:
     print(prof.table())
     t = time.time()
     patched = PatchBasedInference(split="auto", patches="auto")(mod)
-    schedule = json.loads(str(patched["main"].attrs["tvm_patch.stage"]))
+    schedule = cost_of(patched)
     after = profile(patched)
-    print(f"\n3. patch-based, (patches, split) chosen by the planner ({time.time() - t:.1f} s)\n")
+    print(f"\n3. patch-based, the schedule chosen by the search ({time.time() - t:.1f} s)\n")
     print(after.table())
     print(_schedule_line(schedule, prof, after))
     plot = after.plot(os.path.join(args.out, "demo_memory.png"),

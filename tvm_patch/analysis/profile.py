@@ -130,7 +130,7 @@ def _layer(plan: Plan, k: int, step) -> Layer:
     out = _bytes(plan, step.output)
     kind = step.op.get("kind", step.func)
     fused = 1
-    if kind == "patch_stage":  # per tile, computed by the stage plan (passes/stage.py)
+    if kind == "patch_stage":  # per tile, computed by the block's plan (schedule/regions.py)
         paper = step.op["attrs"]["paper_bytes"]
         fused = len(step.op["attrs"]["ops"])
     elif kind == "depthwise_conv2d":

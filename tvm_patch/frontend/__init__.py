@@ -1,4 +1,4 @@
-"""Front ends: model files to the graph IR, and the graph IR to a Relax IRModule."""
+"""Front ends: model files to the graph IR (tvm_patch.load then emits it as Relax)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import os
 
 from ..graph import Graph, ModelError
 from .io_type import with_io_type
-from .relax_emit import to_relax
 from .simplify import fold_pads, mark_inplace
 from .validate import validate
 
@@ -37,8 +36,3 @@ def _read_file(model) -> Graph:
         return validate(graph, strict_types=False)
     from .tflite import read_tflite
     return read_tflite(data, name)
-
-
-def load(model, io_type: str | None = None):
-    """A .tflite or .onnx model as a Relax IRModule (NHWC, integer kernels for int8)."""
-    return to_relax(read(model, io_type))

@@ -1,5 +1,5 @@
 """The patch stage as one PrimFunc: a loop over output tiles, inside which every layer of the
-stage computes its tile region (passes/stage.py) into a buffer of exactly that size.
+stage computes its tile region (schedule/regions.py) into a buffer of exactly that size.
 
 Each stage tensor becomes a "tile tensor" of shape (tiles, region H, region W, C) in the
 region's local coordinates. In those coordinates every convolution is a VALID convolution
@@ -23,9 +23,10 @@ from tvm import s_tir, te, tirx
 from ..graph import Graph, ModelError, Op
 from ..kernels.lower import Kernel, allocations, buffer_bytes, compact, into_workspace
 from ..kernels.ops import COMPUTES
-from .stage import CONVS, Stage, plan_tiles, tile_buffer
+from ..schedule.regions import CONVS, REDUCE_SUM, Stage, plan_tiles, tile_buffer
 
 OUT = "P_out"
+SUM, MEAN = REDUCE_SUM, "mean"   # the blocks of kernels/nonlinear.py's MEAN
 
 
 @dataclasses.dataclass
@@ -43,15 +44,21 @@ def lower_stage(stage: Stage, graph: Graph) -> StageKernel:
     func = te.create_prim_func([builder.x, *[ph for ph, _ in builder.consts], builder.out])
     func = _schedule(func, stage)
     func = _predicate_accumulators(func, builder)
+    func = _skip_cached_rows(func, builder)
     macs = count_macs(func, builder.accumulators)
+    if macs != stage.macs:  # the loop nest must compute exactly the planned rows
+        raise ModelError(f"patch stage: the loop nest computes {macs:,} MACs, the plan "
+                         f"{stage.macs:,}")
     func = compact(func)
-    tiles = {b.name: b for b in allocations(func.body) if b.name.endswith("_tile")}
+    tiles = {b.name: b for b in allocations(func.body)
+             if b.name.endswith("_tile") or b.name == SUM}
     sizes = {name: buffer_bytes(b) for name, b in tiles.items()}
     if sizes != stage.buffers:  # the loop nest must allocate exactly the planned regions
         raise ModelError(f"patch stage: lowered tile buffers {sizes} differ from the "
                          f"planned regions {stage.buffers}")
     offsets, workspace = plan_tiles(stage, sizes)
     func = into_workspace(func, tiles, offsets, workspace)
+    func = _shift_cached_rows(func, builder, tiles)
     return StageKernel(func, [arr for _, arr in builder.consts], macs, workspace, True,
                        sizes, offsets)
 
@@ -69,20 +76,30 @@ class _Builder:
         self.x = te.placeholder(src.shape, src.dtype, name="x")
         env = {stage.input: self._mask(stage.input, lambda n, gh, gw, c, r, q:
                                        self.x[0, gh, gw, c], "P_in_view")}
-        self.consts, self.accumulators = [], {}
-        for k, op in enumerate(stage.ops):
+        self.consts, self.accumulators, self.tile_writers = [], {}, {}
+        for k, op in enumerate(stage.tiled_ops):
             tile_op, xs = self._tile_op(op, k, env)
-            out, consts = COMPUTES[op.kind](tile_op, self.tile_graph, xs)
-            self.consts += consts
+            if op.kind == "pad":  # in tile coordinates, a shifted view (regions.py checks)
+                out = xs[0]
+            else:
+                out, consts = COMPUTES[op.kind](tile_op, self.tile_graph, xs)
+                self.consts += consts
             name = op.outputs[0]
             if op.kind in CONVS:
                 self.accumulators[f"L{k}_acc"] = name
             tag = tile_buffer(k) if tile_buffer(k) in stage.buffers else f"P{k}_view"
+            if tag == tile_buffer(k):
+                self.tile_writers[tag] = name
+                if op.kind in CONVS:
+                    self.tile_writers[f"L{k}_acc"] = name
             env[name] = self._mask(name, lambda n, gh, gw, c, r, q, out=out: out[n, r, q, c],
                                    tag)
-        final, (th, tw), pw = env[stage.output], stage.tile, stage.grid[1]
-        self.out = te.compute(graph.t(stage.output).shape, lambda n, h, w, c: final[
+        final, (th, tw), pw = env[stage.tiled_output], stage.tile, stage.grid[1]
+        self.out = te.compute(graph.t(stage.tiled_output).shape, lambda n, h, w, c: final[
             (h // th) * pw + w // tw, h % th, w % tw, c], name=OUT)
+        if stage.reduce is not None:  # the tiles accumulate into it: OUT is only a view
+            self.out, consts = COMPUTES["mean"](stage.reduce, graph, [self.out])
+            self.consts += consts
 
     def _tile_op(self, op: Op, k: int, env: dict):
         """`op` on tile tensors: convolutions read their input at a constant offset (given
@@ -98,7 +115,9 @@ class _Builder:
             attrs["padding"] = (-off[0], -off[1], 0, 0)
             xs = [env[acts[0]]]
         else:
-            xs = [self._shifted(env[n], [stage.regions[n][ax].lo - out[ax].lo for ax in (0, 1)],
+            before = [op.attrs["pads"][ax + 1][0] if op.kind == "pad" else 0 for ax in (0, 1)]
+            xs = [self._shifted(env[n], [stage.regions[n][ax].lo - out[ax].lo - before[ax]
+                                         for ax in (0, 1)],
                                 self.tile_graph.t(op.outputs[0]).shape, f"P{k}_in{j}")
                   for j, n in enumerate(acts)]
         return Op(op.kind, op.inputs, op.outputs, attrs, index=k, source=op.source), xs
@@ -134,14 +153,23 @@ def _schedule(func, stage: Stage):
     """Tile loops outermost; each tile buffer computed under them; accumulators and kept
     stages inside their consumer's innermost loop; everything element-wise inlined."""
     sch = s_tir.Schedule(tvm.IRModule({"main": func}))
-    out = sch.get_sblock(OUT)
-    n, h, w, c = sch.get_loops(out)
+    if stage.reduce is not None:  # tile loops over the reduction's H and W
+        sch.compute_inline(sch.get_sblock(OUT))
+        out = sch.get_sblock(SUM)
+        *spatial, h, w = sch.get_loops(out)
+    else:
+        out = sch.get_sblock(OUT)
+        n, h, w, c = sch.get_loops(out)
+        spatial = None
     ho, hi = sch.split(h, [stage.grid[0], stage.tile[0]])
     wo, wi = sch.split(w, [stage.grid[1], stage.tile[1]])
-    sch.reorder(ho, wo, n, hi, wi, c)
+    outer = (wo, ho) if stage.cached_axis == 0 else (ho, wo)  # a cached axis runs inside
+    inner = (*spatial, hi, wi) if spatial is not None else (n, hi, wi, c)
+    sch.reorder(*outer, *inner)
+    wo = outer[1]
     for block in reversed(sch.get_child_blocks(sch.get_sblock("root"))):
         name = sch.get(block).name_hint
-        if name == OUT:
+        if name in (OUT, SUM, MEAN):
             continue
         if name.endswith("_tile"):
             sch.compute_at(block, wo, preserve_unit_loops=True)
@@ -165,6 +193,90 @@ def _predicate_accumulators(func, builder: _Builder):
         return s_tir.SBlockRealize(realize.iter_values, tirx.all(
             realize.predicate, builder.inside(tensor, n, r, q)), realize.block)
     return func.with_body(tvm_ffi.structural_mutate(func.body, [(s_tir.SBlockRealize, visit)]))
+
+
+def cached_rows(stage: Stage, name: str) -> int:
+    """Rows (along the cached axis) of `name`'s region that the next tile shares with this
+    one: kept and shifted to the front instead of recomputed."""
+    ax = stage.cached_axis
+    span = stage.regions[name][ax]
+    return max(0, span.extent - stage.tile[ax] * span.stride)
+
+
+def _skip_cached_rows(func, builder):
+    """With a cached axis, every tile after the first of a run computes only the region rows
+    its predecessor did not: the blocks writing a tile buffer (and their accumulators) get
+    "first tile, or a new row" in their predicate."""
+    stage = builder.stage
+    ax = stage.cached_axis
+    if ax is None:
+        return func
+    writers = {name: tensor for name, tensor in builder.tile_writers.items()
+               if cached_rows(stage, tensor)}
+
+    def visit(realize, mutator):
+        tensor = writers.get(realize.block.name_hint)
+        if tensor is None:
+            return mutator.default_mutate(realize)
+        n, r, q = realize.iter_values[:3]
+        index = n // stage.grid[1] if ax == 0 else n % stage.grid[1]
+        row = (r, q)[ax]
+        fresh = tirx.Or(index == 0, row >= cached_rows(stage, tensor))
+        return s_tir.SBlockRealize(realize.iter_values, tirx.all(realize.predicate, fresh),
+                                   realize.block)
+    return func.with_body(tvm_ffi.structural_mutate(func.body, [(s_tir.SBlockRealize, visit)]))
+
+
+def _shift_cached_rows(func, builder, tiles: dict):
+    """At the start of every tile after the first of a run along the cached axis, each
+    cached tile buffer moves the rows the new tile shares with the old one to its front
+    (ascending, so a row is read before it is overwritten)."""
+    stage = builder.stage
+    ax = stage.cached_axis
+    if ax is None:
+        return func
+    moves = []
+    for k, op in enumerate(stage.tiled_ops):
+        name = tile_buffer(k)
+        keep = cached_rows(stage, op.outputs[0]) if name in tiles else 0
+        if not keep:
+            continue
+        buf = tiles[name]
+        step = stage.tile[ax] * stage.regions[op.outputs[0]][ax].stride
+        dims = [int(d) for d in buf.shape]
+        lead = len(dims) - 3  # compacted shapes keep a unit tile dimension
+        loops = [tirx.Var(f"{name}_i{d}", "int32") for d in range(len(dims))]
+        src = list(loops)
+        src[lead + ax] = loops[lead + ax] + step
+        extents = list(dims)
+        extents[lead + ax] = keep
+        stmt = tirx.BufferStore(buf, tirx.BufferLoad(buf, src), loops)
+        for var, extent in reversed(list(zip(loops, extents))):
+            stmt = tirx.For(var, 0, extent, tirx.ForKind.SERIAL, stmt)
+        moves.append(stmt)
+    if not moves:
+        return func
+    inner = []
+
+    def visit(loop, mutator):
+        if inner or not isinstance(loop, tirx.For):
+            return mutator.default_mutate(loop)
+        outer_body = loop.body
+        if not isinstance(outer_body, tirx.For):
+            return mutator.default_mutate(loop)
+        tile_loop = outer_body  # the second loop of the nest: the run along the cached axis
+        inner.append(tile_loop)
+        shift = tirx.IfThenElse(tile_loop.loop_var > 0, tirx.SeqStmt(moves)
+                                if len(moves) > 1 else moves[0], None)
+        new_inner = tirx.For(tile_loop.loop_var, tile_loop.min, tile_loop.extent,
+                             tile_loop.kind, tirx.SeqStmt([shift, tile_loop.body]),
+                             tile_loop.thread_binding, tile_loop.annotations)
+        return tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind, new_inner,
+                        loop.thread_binding, loop.annotations)
+    body = tvm_ffi.structural_mutate(func.body, [(tirx.For, visit)])
+    if not inner:
+        raise ModelError("patch stage: no tile loop found for the halo cache")
+    return func.with_body(body)
 
 
 def count_macs(func, blocks) -> int:

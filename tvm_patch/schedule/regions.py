@@ -1,5 +1,5 @@
-"""The patch stage as plain data: which operators it fuses, the grid of output tiles, and
-for every tensor of the stage the region one tile needs (tile plus halo). Everything here
+"""A fused block planned as plain data: which operators it fuses, the grid of output tiles,
+and for every tensor of the block the region one tile needs (tile plus halo). Everything here
 is arithmetic on the graph, fast enough for a tuner or a NAS to call thousands of times; the
 lowered loop nest (passes/fuse.py) is generated from these regions and is checked against
 them (tile buffer bytes and MACs).
@@ -14,6 +14,7 @@ rows outside the image are padding, never computed."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,9 +22,12 @@ import numpy as np
 from .. import quant as Q
 from ..graph import DTYPE_BYTES, Graph, ModelError, Op
 from ..kernels.ops import macs as op_macs
+from .schedule import Block
 
 CONVS = ("conv2d", "depthwise_conv2d")
 ELEMENTWISE = ("quantize", "relu", "relu6")  # tile in, tile out, same region
+BLOCK_KINDS = CONVS + ELEMENTWISE + ("add", "pad")
+REDUCE_SUM = "mean_sum"   # the buffer a block ending in a global MEAN accumulates into
 
 
 @dataclass(frozen=True)
@@ -47,14 +51,30 @@ class Span:
 class Stage:
     ops: list               # the fused operators, in graph order
     input: str              # the one tensor the stage reads (full size)
-    output: str             # the one tensor it writes (full size)
+    output: str             # the one tensor it writes (full size, or the reduction's)
     grid: tuple             # tiles along (H, W)
-    tile: tuple             # output rows/columns per tile
+    tile: tuple             # output rows/columns per tile (of the tiled output)
     regions: dict           # tensor name -> (Span for H, Span for W)
     buffers: dict           # tile buffer name (tile_buffer(k)) -> bytes
     macs: int               # multiply-accumulates of the loop nest, halos included
     layer_macs: int         # the same operators run layer by layer
     graph: Graph = field(repr=False, default=None)
+    block: Block = None     # the schedule's block this plans
+    reduce: Op = None       # a global MEAN the tiles accumulate into (the last operator)
+
+    @property
+    def tiled_ops(self) -> list:
+        return self.ops[:-1] if self.reduce is not None else self.ops
+
+    @property
+    def tiled_output(self) -> str:
+        return self.tiled_ops[-1].outputs[0]
+
+    @property
+    def cached_axis(self):
+        """The axis whose halo rows are kept between consecutive tiles, or None."""
+        cached = self.block.cached if self.block is not None else (False, False)
+        return cached.index(True) if any(cached) else None
 
     @property
     def patches(self) -> int:
@@ -76,7 +96,7 @@ class Stage:
         (depthwise in place, shortcut not counted), peak over the stage, plus the full
         stage output that the tiles fill."""
         graph, peak = self.graph, 0
-        for op in self.ops:
+        for op in self.tiled_ops:
             ins = [_tile_bytes(graph, self.regions, n) for n in op.inputs
                    if n and not graph.t(n).is_const]
             out = _tile_bytes(graph, self.regions, op.outputs[0])
@@ -86,7 +106,7 @@ class Stage:
                 peak = max(peak, max(ins) + out)
         return peak + graph.t(self.output).nbytes
 
-    @property
+    @functools.cached_property
     def workspace(self) -> int:
         """Bytes of the stage's workspace (its tile buffers, planned by lifetime)."""
         return plan_tiles(self, self.buffers)[1]
@@ -113,13 +133,17 @@ def plan_tiles(stage: Stage, sizes: dict) -> tuple:
     """Offsets of the tile buffers in the stage's workspace, and its size: a tile buffer
     lives from the operator that writes it to the last one that reads it (within one tile);
     buffers whose lifetimes do not overlap share bytes."""
-    from ..analysis.memory import Buffer, place
-    bufs = []
+    from .arena import Buffer, place
+    bufs, everything = [], len(stage.ops)
     for k, op in enumerate(stage.ops):
         name = tile_buffer(k)
         if name in sizes:
             last = max(j for j, user in enumerate(stage.ops) if op.outputs[0] in user.inputs)
+            if stage.cached_axis is not None:  # it keeps rows for the next tile
+                k, last = 0, everything
             bufs.append(Buffer(name, sizes[name], k, last, "scratch"))
+    for name in set(sizes) - {b.name for b in bufs}:  # a reduction's sum: for every tile
+        bufs.append(Buffer(name, sizes[name], 0, everything, "scratch"))
     size = place(bufs)
     return {b.name: b.offset for b in bufs}, size
 
@@ -184,12 +208,109 @@ def stage_ops(graph: Graph, split: int) -> list:
     return ops
 
 
+def split_block(graph: Graph, split: int, patches: int, quantize_first=False) -> Block:
+    """MCUNetV2's one-block schedule: the first `split` convolution layers (stage_ops), on a
+    `patches` x `patches` grid; with quantize_first a leading QUANTIZE stays outside."""
+    lead = quantize_first and graph.ops and graph.ops[0].kind == "quantize" and \
+        graph.ops[0].inputs[0] in graph.inputs
+    if quantize_first and not lead:
+        raise ModelError("quantize_first: the model does not start by quantizing its input")
+    body = Graph(graph.tensors, graph.ops[1:], [graph.ops[0].outputs[0]], graph.outputs,
+                 graph.name) if lead else graph
+    ops = stage_ops(body, split)
+    return Block(int(lead), int(lead) + len(ops) - 1, (patches, patches))
+
+
+def block_ops(graph: Graph, block: Block, consumers: dict | None = None) -> list:
+    """The operators of `block`, checked: kinds a tiled loop nest can hold, NHWC images, one
+    input tensor from outside, one output tensor read outside. `consumers`: the graph's, if
+    already at hand."""
+    where = f"block {block.first}-{block.last}"
+    if block.last >= len(graph.ops):
+        raise ModelError(f"{where}: the model has {len(graph.ops)} operators")
+    ops = graph.ops[block.first:block.last + 1]
+    first_acts = _acts(graph, ops[0])
+    if len(first_acts) != 1:
+        raise ModelError(f"{where}: a block starts from one input tensor; operator "
+                         f"{_name(ops[0])} reads {len(first_acts)}")
+    entry, produced = first_acts[0], set()
+    for k, op in enumerate(ops):
+        last_reduce = k == len(ops) - 1 and k > 0 and is_global_mean(op, graph)
+        if op.kind not in BLOCK_KINDS and not last_reduce:
+            raise ModelError(f"{where}: operator {_name(op)} cannot join a fused block (it "
+                             f"holds convolutions, depthwise, pads, adds, element-wise "
+                             f"operators, and may end with a global MEAN)")
+        outside = [n for n in _acts(graph, op) if n not in produced and n != entry]
+        if outside:
+            raise ModelError(f"{where}: operator {_name(op)} reads tensor {outside[0]} from "
+                             f"outside the block")
+        for n in ([] if last_reduce else _acts(graph, op) + op.outputs):
+            t = graph.t(n)
+            if len(t.shape) != 4 or t.shape[0] != 1:
+                raise ModelError(f"{where}: tensor {n} {tuple(t.shape)} of operator "
+                                 f"{_name(op)} is not a single NHWC image")
+        _check_tileable(graph, op, where)
+        produced.update(op.outputs)
+    out = ops[-1].outputs[0]
+    ids, consumers = {id(op) for op in ops}, consumers or graph.consumers()
+    for name in sorted(produced - {out}):
+        if any(id(u) not in ids for u in consumers.get(name, [])):
+            raise ModelError(f"{where} cuts a connection: tensor {name} is also read after "
+                             f"the block")
+    for name in graph.outputs:
+        if name in produced and name != out:
+            raise ModelError(f"{where} cuts a connection: tensor {name} is a model output "
+                             f"inside the block")
+    return ops
+
+
+def is_global_mean(op: Op, graph: Graph) -> bool:
+    """MEAN over H and W of an NHWC image: a block can end with it, accumulating per tile."""
+    if op.kind != "mean":
+        return False
+    x = graph.t(op.inputs[0])
+    return len(x.shape) == 4 and x.shape[0] == 1 and \
+        sorted(int(a) % 4 for a in op.attrs["axes"]) == [1, 2] and x.dtype == "int8" and \
+        not op.attrs.get("real_valued")
+
+
+def _check_tileable(graph: Graph, op: Op, where: str) -> None:
+    out_t = graph.t(op.outputs[0])
+    if "activation" in op.attrs and out_t.quant is not None and out_t.dtype != "float32":
+        lo, hi = Q.activation_range(op.attrs["activation"], out_t.quant.s, out_t.quant.zp,
+                                    out_t.dtype)
+        if lo >= hi:  # nothing is computed for it, so there is no loop nest to tile
+            raise ModelError(f"{where}: operator {_name(op)} has a constant output (its "
+                             f"activation range is the single value {lo})")
+    if op.kind == "pad":
+        x = graph.t(op.inputs[0])
+        pads = op.attrs["pads"]
+        if any(tuple(pads[d]) != (0, 0) for d in (0, 3)):
+            raise ModelError(f"{where}: operator {_name(op)} pads channels or batch")
+        if x.dtype != out_t.dtype or (x.quant is not None and (
+                out_t.quant is None or x.quant.zp != out_t.quant.zp)):
+            raise ModelError(f"{where}: operator {_name(op)} pads with a value other than "
+                             f"its input's zero point")
+
+
+def _acts(graph: Graph, op: Op) -> list:
+    return [n for n in op.inputs if n and not graph.t(n).is_const]
+
+
+def _name(op: Op) -> str:
+    return f"{op.source or op.kind} at index {op.index}"
+
+
 def _spatial(t) -> tuple:
     return int(t.shape[1]), int(t.shape[2])
 
 
 def _needs(op: Op, graph: Graph, out: tuple) -> tuple:
     """The input region (per axis) that `op` reads to produce region `out`."""
+    if op.kind == "pad":  # the same rows, shifted by the padding before them
+        pads = op.attrs["pads"]
+        return tuple(Span(o.stride, o.lo + pads[ax + 1][0], o.extent)
+                     for ax, o in enumerate(out))
     if op.kind not in CONVS:
         return out
     a = op.attrs
@@ -203,31 +324,41 @@ def _needs(op: Op, graph: Graph, out: tuple) -> tuple:
 
 
 def plan_stage(graph: Graph, split: int, patches: int) -> Stage:
-    ops = stage_ops(graph, split)
-    first = [n for n in ops[0].inputs if n and not graph.t(n).is_const][0]
-    out = ops[-1].outputs[0]
+    """MCUNetV2's stage: the first `split` convolution layers on a `patches` grid."""
+    return plan_block(graph, split_block(graph, split, patches))
+
+
+def plan_block(graph: Graph, block: Block, consumers: dict | None = None) -> Stage:
+    ops = block_ops(graph, block, consumers)
+    reduce = ops[-1] if is_global_mean(ops[-1], graph) else None
+    tiled_ops = ops[:-1] if reduce is not None else ops
+    first = _acts(graph, ops[0])[0]
+    out = tiled_ops[-1].outputs[0]
     size = _spatial(graph.t(out))
-    if patches < 1:
-        raise ModelError(f"patches={patches}: need at least 1 patch per side")
-    tile = tuple(-(-s // patches) for s in size)
-    for ax, (s, t) in enumerate(zip(size, tile)):
-        if (patches - 1) * t >= s:
+    grid = block.grid
+    if all(block.cached):
+        raise ModelError(f"block {block.first}-{block.last}: halo caching on both axes is not "
+                         f"supported; cache one axis (its tiles then run consecutively)")
+    tile = tuple(-(-s // g) for s, g in zip(size, grid))
+    for ax, (s, g, t) in enumerate(zip(size, grid, tile)):
+        if g < 1 or (g - 1) * t >= s:
             raise ModelError(
-                f"patches={patches}: the stage output is {size[0]}x{size[1]}; a grid of "
-                f"{patches} tiles of {t} leaves the last one empty along {'HW'[ax]}")
+                f"patches={g}: the block output is {size[0]}x{size[1]}; a grid of {g} tiles "
+                f"of {t} leaves the last one empty along {'HW'[ax]}")
     regions = {out: (Span(1, 0, tile[0]), Span(1, 0, tile[1]))}
-    for op in reversed(ops):
+    for op in reversed(tiled_ops):
         need = _needs(op, graph, regions[op.outputs[0]])
-        for n in op.inputs:
-            if n and not graph.t(n).is_const:
-                regions[n] = tuple(r.merge(q) for r, q in zip(regions[n], need)) \
-                    if n in regions else need
+        for n in _acts(graph, op):
+            regions[n] = tuple(r.merge(q) for r, q in zip(regions[n], need)) \
+                if n in regions else need
     buffers = {tile_buffer(k): _tile_bytes(graph, regions, op.outputs[0])
-               for k, op in enumerate(ops)
+               for k, op in enumerate(tiled_ops)
                if op.kind in CONVS + ("add",) and op.outputs[0] != out}
-    stage = Stage(ops, first, out, (patches, patches), tile, regions, buffers, 0,
-                  sum(op_macs(op, graph) for op in ops), graph)
-    stage.macs = sum(_stage_macs(stage, op, graph) for op in ops)
+    if reduce is not None:  # kernels/nonlinear.py's int32 sum per channel
+        buffers[REDUCE_SUM] = int(graph.t(out).shape[3]) * 4
+    stage = Stage(ops, first, ops[-1].outputs[0], grid, tile, regions, buffers, 0,
+                  sum(op_macs(op, graph) for op in ops), graph, block, reduce)
+    stage.macs = sum(_stage_macs(stage, op, graph) for op in tiled_ops)
     return stage
 
 
@@ -244,6 +375,23 @@ def _stage_macs(stage: Stage, op: Op, graph: Graph) -> int:
         return 0
     out = graph.t(op.outputs[0])
     per_position = total // (out.shape[1] * out.shape[2])
-    rows = [sum(b - a for a, b in (stage.valid(out.name, ax, t) for t in range(g)))
-            for ax, g in enumerate(stage.grid)]
+    rows = []
+    for ax, g in enumerate(stage.grid):
+        spans = [stage.valid(out.name, ax, t) for t in range(g)]
+        span, tile = stage.regions[out.name][ax], stage.tile[ax]
+        spans = [(stage_origin + a, stage_origin + b) for (a, b), stage_origin in
+                 zip(spans, (span.origin(t, tile) for t in range(g)))]
+        rows.append(_union(spans) if ax == stage.cached_axis else
+                    sum(b - a for a, b in spans))
     return int(np.int64(rows[0]) * rows[1] * per_position)
+
+
+def _union(intervals) -> int:
+    """Rows covered by the intervals [a, b): what a cached axis computes, each row once."""
+    total, end = 0, None
+    for a, b in sorted(intervals):
+        a = a if end is None else max(a, end)
+        if b > a:
+            total += b - a
+        end = b if end is None else max(end, b)
+    return total

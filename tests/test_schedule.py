@@ -1,0 +1,217 @@
+"""Schedules as data: the JSON format and its errors, random multi-block schedules (halo
+caching on and off, pads, residual adds, partial tiles, an iterative global MEAN) built
+bit-exact with TFLite Micro, the cost model equal to the built module's plan, and the
+search's front."""
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, event, given, settings
+from hypothesis import strategies as st
+
+import tvm_patch
+from tvm_patch import reference
+from tvm_patch.analysis.memory import plan_memory
+from tvm_patch.frontend import read
+from tvm_patch.graph import ModelError
+from tvm_patch.passes import PatchBasedInference, cost_of
+from tvm_patch.schedule import Block, Schedule, fingerprint, parse, schedule_of
+from tvm_patch.schedule.cost import CostModel
+from tvm_patch.schedule.regions import is_global_mean, plan_block
+from tvm_patch.schedule.search import Search, single_cuts
+from conftest import shared_model
+from random_cnn import Layer, Spec, build as build_cnn, specs
+
+HALOS = [("recompute", "recompute"), ("cache", "recompute"), ("recompute", "cache")]
+
+
+def assert_clear(error) -> str:
+    msg = str(error)
+    assert type(error) is ModelError and "\n" not in msg and "Traceback" not in msg, msg
+    return msg
+
+
+# -- 1. the format -------------------------------------------------------------------------------
+
+def test_schedule_json_round_trip():
+    s = Schedule((Block(7, 9, (3, 1), ("cache", "recompute")), Block(0, 4, (2, 2))),
+                 "0123456789abcdef", "int8")
+    assert [b.first for b in s.blocks] == [0, 7]  # kept in graph order
+    assert parse(s.dumps()) == s
+    assert parse(json.dumps(s.to_dict())).to_dict() == s.to_dict()
+
+
+@pytest.mark.parametrize("text,pattern", [
+    ("{", "not JSON"),
+    ('{"blocks": []}', "not a tvm_patch schedule"),
+    ('{"format": "tvm_patch.schedule", "version": 99, "blocks": []}', "version 99"),
+    ('{"format": "tvm_patch.schedule", "version": 1, "blocks": {}}', "must be a list"),
+    ('{"format": "tvm_patch.schedule", "version": 1, "blocks": [{"first": 0, "last": 2}]}',
+     "block 0 has no \"grid\""),
+    ('{"format": "tvm_patch.schedule", "version": 1, "blocks": [{"first": 3, "last": 2, '
+     '"grid": [2, 2]}]}', "first <= last"),
+    ('{"format": "tvm_patch.schedule", "version": 1, "blocks": [{"first": 0, "last": 2, '
+     '"grid": [0, 2]}]}', "two positive integers"),
+    ('{"format": "tvm_patch.schedule", "version": 1, "blocks": [{"first": 0, "last": 2, '
+     '"grid": [2, 2], "halo": ["cache", "keep"]}]}', "must be two of recompute, cache"),
+    ('{"format": "tvm_patch.schedule", "version": 1, "io_type": "int4", "blocks": []}',
+     "io_type"),
+])
+def test_bad_schedule_text_is_one_line_error(text, pattern):
+    with pytest.raises(ModelError) as e:
+        parse(text, "s.json")
+    msg = assert_clear(e.value)
+    assert msg.startswith("s.json: ") and pattern in msg
+
+
+@pytest.fixture(scope="module")
+def kws():
+    path = shared_model("mlperf-kws-dscnn")
+    return read(path), tvm_patch.load(path)
+
+
+def test_schedule_for_another_model_or_operators_refused(kws):
+    graph, mod = kws
+    with pytest.raises(ModelError) as e:
+        PatchBasedInference(Schedule((Block(0, 1, (2, 2)),), "ffffffffffffffff"))(mod)
+    assert "made for another model" in assert_clear(e.value)
+    fp = fingerprint(graph)
+    for blocks, pattern in [((Block(0, 99, (2, 2)),), "model has"),
+                            ((Block(0, 3, (2, 2)), Block(2, 5, (2, 2))), "overlap"),
+                            ((Block(0, 1, (99, 2)),), "leaves the last one empty"),
+                            ((Block(0, 1, (2, 2), ("cache", "cache")),), "both axes")]:
+        with pytest.raises(ModelError) as e:
+            PatchBasedInference(Schedule(blocks, fp))(mod)
+        assert pattern in assert_clear(e.value), blocks
+
+
+def test_schedule_of_reads_back_what_was_built(kws):
+    graph, mod = kws
+    schedule = Schedule((Block(0, 2, (5, 1), ("cache", "recompute")),), fingerprint(graph))
+    patched = PatchBasedInference(schedule)(mod)
+    assert schedule_of(patched) == schedule and schedule_of(mod) == Schedule()
+    cost = cost_of(patched)
+    assert cost["schedule"] == schedule.to_dict() and cost["macs_overhead"] == 1.0
+
+
+# -- 2. random networks x random multi-block schedules -------------------------------------------
+
+@st.composite
+def networks(draw):
+    spec = draw(specs(max_layers=7))
+    if draw(st.booleans()):  # a global MEAN a block can end with
+        spec.layers.append(Layer("mean"))
+    return spec
+
+
+def draw_schedule(data, graph) -> Schedule:
+    """Blocks from cut to cut with random grids and halo policies (those plan_block
+    refuses are left layer by layer), at least one."""
+    cuts, blocks, a = sorted(single_cuts(graph)), [], 0
+    while a < cuts[-1]:
+        later = [c for c in cuts if c > a]
+        b = data.draw(st.sampled_from(later[:4]), label="block end")
+        if data.draw(st.sampled_from([True, True, True, False]), label="fuse"):
+            out = graph.t(graph.ops[b - 1].outputs[0])
+            if is_global_mean(graph.ops[b - 1], graph):
+                out = graph.t(graph.ops[b - 1].inputs[0])
+            if len(out.shape) == 4:
+                h, w = int(out.shape[1]), int(out.shape[2])
+                halo = data.draw(st.sampled_from(HALOS), label="halo")
+                grid = (data.draw(st.integers(1, min(h, 6)), label="rows"),
+                        data.draw(st.integers(1, min(w, 6)), label="columns"))
+                block = Block(a, b - 1, grid, halo)
+                try:
+                    plan_block(graph, block)
+                    blocks.append(block)
+                except ModelError:
+                    pass
+        a = b
+    assume(blocks)
+    return Schedule(tuple(blocks), fingerprint(graph))
+
+
+def random_input(graph, seed):
+    t, rng = graph.t(graph.inputs[0]), np.random.default_rng(seed)
+    return rng.integers(-128, 128, t.shape).astype(t.dtype)
+
+
+@settings(max_examples=24, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(spec=networks(), data=st.data())
+def test_random_multi_block_schedule_bit_exact_and_cost_exact(spec, data):
+    model = build_cnn(spec)
+    graph = read(model)
+    schedule = draw_schedule(data, graph)
+    stages = [plan_block(graph, b) for b in schedule.blocks]
+    for st_ in stages:  # what the examples covered (--hypothesis-show-statistics)
+        event(f"halo {'/'.join(st_.block.halo)}")
+        event("ends in a global MEAN" if st_.reduce is not None else "whole output")
+        event("partial tiles" if any(s % g for s, g in zip(
+            graph.t(st_.tiled_output).shape[1:3], st_.grid)) else "tiles divide")
+        for op in st_.ops:
+            event(op.kind)
+    event(f"{len(stages)} block(s)")
+
+    cost = CostModel(graph).cost(schedule)
+    layered = tvm_patch.load(model)
+    patched = PatchBasedInference(schedule)(layered)
+    # the cost model (no compilation) is exactly what the built module plans and computes
+    assert cost.arena_bytes == plan_memory(patched).arena_bytes
+    assert cost.arena_excl_io_bytes == plan_memory(patched, exclude_io=True).arena_bytes
+    assert cost.macs == tvm_patch.profile(patched).macs
+    if all(st_.block.halo != ("recompute", "recompute") for st_ in stages):
+        assert cost.macs == cost.layer_macs  # caching recomputes nothing
+
+    x = random_input(graph, spec.seed)
+    ours = tvm_patch.build(patched).run(x)
+    for a, b in zip(ours, reference.run(model, [x])):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert np.array_equal(a, b), f"{int((a != b).sum())}/{a.size} outputs differ"
+
+
+def test_global_mean_accumulated_per_tile_bit_exact():
+    """The map before the MEAN never exists whole: the block's workspace holds only tile
+    regions and the int32 sum, and the arena is below layer by layer's."""
+    spec = Spec(21, 19, 3, [Layer("conv", 3, 2, channels=8, activation="RELU"),
+                            Layer("dw", 3), Layer("conv", 1, channels=24), Layer("mean")],
+                seed=11)
+    model = build_cnn(spec)
+    graph = read(model)
+    last = len(graph.ops) - 1
+    assert is_global_mean(graph.ops[last], graph)
+    for halo in HALOS[:2]:
+        schedule = Schedule((Block(0, last, (4, 3), halo),), fingerprint(graph))
+        stage = plan_block(graph, schedule.blocks[0])
+        whole = graph.t(graph.ops[last].inputs[0]).nbytes
+        assert stage.reduce is not None and stage.workspace < whole
+        patched = PatchBasedInference(schedule)(tvm_patch.load(model))
+        assert plan_memory(patched).arena_bytes < plan_memory(tvm_patch.load(model)).arena_bytes
+        x = random_input(graph, 3)
+        assert np.array_equal(tvm_patch.build(patched).run(x)[0], reference.run(model, [x])[0])
+
+
+# -- 3. the search ---------------------------------------------------------------------------------
+
+def test_front_is_pareto_and_exact(kws):
+    graph, _ = kws
+    search = Search(graph)
+    front = search.front("arena")
+    assert front and all(c.macs <= d.macs and c.arena_bytes > d.arena_bytes
+                         for c, d in zip(front, front[1:]))
+    model = CostModel(graph)
+    for c in front:  # every point is the cost model's whole-network plan
+        again = model.cost(c.schedule)
+        assert (again.arena_bytes, again.macs) == (c.arena_bytes, c.macs)
+
+
+def test_auto_keeps_layer_by_layer_when_it_is_smallest():
+    """A network whose peak is its last layer's input and output, both whole by definition:
+    nothing can lower it, so auto keeps layer by layer and says why."""
+    spec = Spec(8, 8, 4, [Layer("conv", 1, channels=4), Layer("conv", 1, channels=64)], seed=2)
+    mod = tvm_patch.load(build_cnn(spec))
+    patched = PatchBasedInference(objective="arena")(mod)
+    cost = cost_of(patched)
+    assert not cost["blocks"] and "kept layer by layer" in cost["note"]
+    assert plan_memory(patched).arena_bytes == plan_memory(mod).arena_bytes

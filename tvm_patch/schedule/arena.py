@@ -1,0 +1,223 @@
+"""The static memory plan: every activation tensor (model input and output included) and
+every kernel's scratch gets an offset in ONE arena, from tensor lifetimes. The arena size is
+what the generated code allocates. The plan is computed from a list of calls, which the cost
+model derives from (graph, schedule) and analysis/memory.py reads back from a built module:
+both go through plan_calls, so the two agree by construction (and tests check it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+ALIGN = 16  # bytes; every buffer starts on this boundary (TFLite Micro uses 16 as well)
+
+
+@dataclass
+class Buffer:
+    name: str
+    nbytes: int
+    start: int            # first step at which it is live
+    end: int              # last step at which it is live
+    kind: str             # "input", "output", "activation" or "scratch"
+    offset: int = -1
+    anchor: str = ""      # a buffer this one starts at (an in-place kernel's input)
+
+    def overlaps_in_time(self, other) -> bool:
+        return self.start <= other.end and other.start <= self.end
+
+
+@dataclass
+class Step:
+    """One kernel call: arguments are buffer names (activations) or constant indices."""
+    func: str
+    inputs: list
+    consts: list
+    output: str
+    scratch: str | None
+    macs: int
+    op: dict
+    workspace: bool = False   # scratch passed as the kernel's last parameter
+
+
+@dataclass
+class Plan:
+    buffers: dict                    # name -> Buffer
+    steps: list
+    views: dict                      # value name -> (buffer name, shape, dtype)
+    inputs: list                     # value names, in parameter order
+    outputs: list
+    arena_bytes: int = 0
+    constants: list = field(default_factory=list)
+
+    def live_at(self, step: int) -> list:
+        return [b for b in self.buffers.values() if b.start <= step <= b.end]
+
+
+def _align(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+@dataclass
+class Call:
+    """One binding of `main`, as the planner sees it: a kernel call (inputs are value names,
+    constants are arrays) or a view (reshape / tuple item) of an earlier value."""
+    name: str
+    shape: tuple
+    dtype: str
+    inputs: list
+    consts: list = field(default_factory=list)
+    func: str = ""
+    scratch_bytes: int = 0
+    inplace: bool = False
+    workspace: bool = False       # the kernel takes its scratch as its last parameter
+    macs: int = 0
+    op: dict = field(default_factory=dict)
+    view: bool = False
+
+
+def plan_calls(params: list, calls: list, outputs: list, exclude_io: bool = False,
+               placed: bool = True) -> Plan:
+    """The plan of `calls`; placed=False only sets lifetimes (no offsets, no arena size),
+    for peak_live."""
+    buffers, views, steps, constants = {}, {}, [], []
+    for name, shape, dtype in params:
+        buffers[name] = Buffer(name, _bytes(shape, dtype), 0, 0, "input")
+        views[name] = (name, shape, dtype)
+
+    def use(name, step):
+        buf = buffers[views[name][0]]
+        buf.end = max(buf.end, step)
+
+    for call in calls:
+        if call.view:
+            src = views[call.inputs[0]]
+            views[call.name] = src if call.shape is None else (src[0], call.shape, call.dtype)
+            continue
+        step = len(steps)
+        for n in call.inputs:
+            use(n, step)
+        consts = list(range(len(constants), len(constants) + len(call.consts)))
+        constants.extend(call.consts)
+        buffers[call.name] = Buffer(call.name, _bytes(call.shape, call.dtype), step, step,
+                                    "activation",
+                                    anchor=views[call.inputs[0]][0] if call.inplace else "")
+        views[call.name] = (call.name, call.shape, call.dtype)
+        scratch = None
+        if call.scratch_bytes:
+            scratch = f"{call.name}__scratch"
+            buffers[scratch] = Buffer(scratch, call.scratch_bytes, step, step, "scratch")
+        steps.append(Step(call.func, list(call.inputs), consts, call.name, scratch,
+                          call.macs, call.op, call.workspace))
+    last = max(len(steps) - 1, 0)
+    for o in outputs:
+        buf = buffers[views[o][0]]
+        buf.end = last
+        if buf.kind != "input":
+            buf.kind = "output"
+    plan = Plan(buffers, steps, views, [p[0] for p in params], outputs, constants=constants)
+    if not placed:
+        return plan
+    placed = [b for b in buffers.values() if not (exclude_io and b.kind in ("input", "output"))]
+    plan.arena_bytes = place(placed)
+    if exclude_io:  # the full plan without its io buffers is a valid plan too: keep the better
+        own = {id(b): b.offset for b in placed}
+        place(list(buffers.values()))
+        footprint = max((b.offset + _align(b.nbytes) for b in placed), default=0)
+        if footprint < plan.arena_bytes:
+            plan.arena_bytes = footprint
+        else:
+            for b in placed:
+                b.offset = own[id(b)]
+    return plan
+
+
+def peak_live(plan: Plan, exclude: set = frozenset()) -> int:
+    """The most aligned bytes live at any step (an in-place output counted with its input):
+    a lower bound of any placement's arena, which the placer usually reaches."""
+    groups = _anchor_groups([b for b in plan.buffers.values() if b.name not in exclude])
+    peak = 0
+    for k in range(max(len(plan.steps), 1)):
+        peak = max(peak, sum(_size(g) for g in groups
+                             if any(b.start <= k <= b.end for b in g)))
+    return peak
+
+
+def largest_steps(plan: Plan, count: int = 8) -> str:
+    """The per-layer memory breakdown of a plan: its `count` steps with the most live bytes."""
+    rows = []
+    for k, step in enumerate(plan.steps):
+        live = sum(b.nbytes for b in plan.live_at(k))
+        rows.append((live, f"  step {k:>3} {step.op.get('kind', step.func) or step.func:<18} "
+                           f"output {step.output:<28} live {live:>10,} B"))
+    return "\n".join(r for _, r in sorted(rows, reverse=True)[:count])
+
+
+def _bytes(shape, dtype) -> int:
+    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+
+
+
+def place(buffers: list) -> int:
+    """Offsets for buffers whose lifetimes overlap so that no two live buffers share bytes;
+    returns the arena size. A buffer with an anchor starts where its anchor starts (an
+    in-place kernel's output over its input) and may overlap it. Greedy placement in
+    several orders (by size as TFLite Micro does, by lifetime, by start), keeping the
+    smallest arena."""
+    groups = _anchor_groups(buffers)
+    orders = [
+        lambda g: (-_size(g), _start(g)),
+        lambda g: (-sum((b.end - b.start + 1) * b.nbytes for b in g), _start(g)),
+        lambda g: (_start(g), -_size(g)),
+        lambda g: (-(_end(g) - _start(g)), -_size(g)),
+    ]
+    best, best_offsets = None, None
+    for key in orders:
+        offsets = _greedy(sorted(groups, key=key))
+        size = max((offsets[id(b)] + _align(b.nbytes) for b in buffers), default=0)
+        if best is None or size < best:
+            best, best_offsets = size, offsets
+    for b in buffers:
+        b.offset = best_offsets[id(b)]
+    return best or 0
+
+
+def _size(group):
+    return max(_align(b.nbytes) for b in group)
+
+
+def _start(group):
+    return min(b.start for b in group)
+
+
+def _end(group):
+    return max(b.end for b in group)
+
+
+def _anchor_groups(buffers: list) -> list:
+    by_name = {b.name: b for b in buffers}
+    root = {}
+
+    def find(b):
+        while b.anchor and b.anchor in by_name:
+            b = by_name[b.anchor]
+        return b.name
+    for b in buffers:
+        root.setdefault(find(b), []).append(b)
+    return list(root.values())
+
+
+def _greedy(groups: list) -> dict:
+    offsets, placed = {}, []   # placed: (start, end, lo, hi) of each placed buffer
+    for group in groups:
+        times = [(m.start, m.end) for m in group]
+        busy = sorted((lo, hi) for start, end, lo, hi in placed
+                      if any(start <= e and s <= end for s, e in times))
+        offset, size = 0, _size(group)
+        for lo, hi in busy:
+            if offset + size <= lo:
+                break
+            offset = max(offset, hi)
+        for m in group:
+            offsets[id(m)] = offset
+            placed.append((m.start, m.end, offset, offset + _align(m.nbytes)))
+    return offsets
