@@ -31,8 +31,9 @@ import tvm_patch  # noqa: E402
 from tvm_patch import zoo  # noqa: E402
 from tvm_patch import load  # noqa: E402
 from tvm_patch.passes.emit import graph_of  # noqa: E402
-from tvm_patch.passes import PatchBasedInference, plan_stage  # noqa: E402
-from tvm_patch.passes import stage_graphs  # noqa: E402
+from tvm_patch.passes import PatchBasedInference, cost_of  # noqa: E402
+from tvm_patch.schedule import parse  # noqa: E402
+from tvm_patch.schedule.cost import CostModel  # noqa: E402
 
 DEFAULT_MODELS = os.environ.get("TVM_PATCH_MODELS",
                                 os.path.join(os.path.dirname(ROOT), "shared", "models"))
@@ -154,15 +155,28 @@ class Bench:
             pm = PatchBasedInference(split=split, patches=patches, max_mac_overhead=cap,
                                      objective=objective)(entry["mod"])
             seconds = time.perf_counter() - t
-            attr = json.loads(str(pm["main"].attrs["tvm_patch.stage"]))
+            attr = cost_of(pm)
             entry["patched"][key] = (attr, tvm_patch.profile(pm), seconds)
         return entry["patched"][key]
 
 
 def schedule(attr: dict) -> tuple:
-    if attr["patches"] == 0:
+    blocks = attr["blocks"]
+    if not blocks:
         return "layer by layer", "-"
-    return f"P={attr['patches']} K={attr['split']}", hw(attr["input_tile_hw"])
+    if len(blocks) == 1 and blocks[0]["halo"] == ["recompute", "recompute"]:
+        return f"{hw(blocks[0]['grid'])}, {len(blocks[0]['ops'])} ops", \
+            hw(blocks[0]["input_tile_hw"])
+    cached = sum("cache" in b["halo"] for b in blocks)
+    return f"{len(blocks)} blocks ({cached} cached)", hw(blocks[0]["input_tile_hw"])
+
+
+def stage_macs(attr: dict) -> str:
+    return f"{max((b['macs_overhead'] for b in attr['blocks']), default=1.0):.3f}"
+
+
+def quantize_first(attr: dict) -> bool:
+    return bool(attr["schedule"]) and attr["schedule"]["blocks"][0]["first"] == 1
 
 
 def consistency(label: str, what: str, attr: dict, prof) -> list:
@@ -203,14 +217,14 @@ def auto(bench: Bench, labels: list, cap: float, issues: list) -> None:
                          b(prof.arena_excl_io_bytes),
                          pct(prof.arena_excl_io_bytes, base.arena_excl_io_bytes),
                          b(prof.paper_analytic_bytes), f"{attr['macs_overhead']:.3f}",
-                         f"{attr['stage_macs_overhead']:.3f}", f"{seconds:.1f}"])
+                         stage_macs(attr), f"{seconds:.1f}"])
             if attr["note"]:
                 rows[-1][1] += " *"
                 notes.append(f"  * {label}: {attr['note']}")
-        print(f"\nPatch-based, auto (P, K), net MAC factor <= {cap}, objective "
+        print(f"\nPatch-based, auto (the front plus one-block schedules), net MAC factor <= {cap}, objective "
               f"'{objective}' (bytes; % vs layer by layer)")
         print(table(["model", "schedule", "input tile", "arena", "change", "arena_excl_io",
-                     "change", "paper_analytic", "MAC x net", "MAC x stage", "search s"],
+                     "change", "paper_analytic", "MAC x net", "MAC x block (max)", "search s"],
                     rows, left=(0, 1)))
         if notes:
             print("\n".join(notes))
@@ -252,7 +266,7 @@ def fixed(bench: Bench, labels: list, issues: list) -> None:
         m = bench.model(label)
         attr, prof, _ = bench.patched(label, split=split, patches=patches, objective=objective)
         issues += consistency(label, f"P={patches} K={split}", attr, prof)
-        stage = plan_stage(stage_graphs(m["graph"])[attr["quantize_first"]], split, patches)
+        stage = CostModel(m["graph"]).stages(parse(json.dumps(attr["schedule"])))[0]
         base = m["profile"]
         out = m["graph"].t(stage.output)
         kinds = [op.kind for op in stage.ops]
@@ -296,7 +310,7 @@ def float_input(bench: Bench, labels: list) -> None:
                            ("QUANTIZE first, then the stage", "arena")):
         attr, prof, _ = bench.patched(label, split=split, patches=patches, objective=objective)
         rows.append([how, b(prof.arena_bytes), b(prof.arena_excl_io_bytes),
-                     str(attr["quantize_first"])])
+                     str(quantize_first(attr))])
     int8 = load(bench.source(label), io_type="int8")
     base = tvm_patch.profile(int8)
     prof = tvm_patch.profile(PatchBasedInference(split=split, patches=patches)(int8))

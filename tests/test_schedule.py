@@ -161,8 +161,12 @@ def test_random_multi_block_schedule_bit_exact_and_cost_exact(spec, data):
     assert cost.arena_bytes == plan_memory(patched).arena_bytes
     assert cost.arena_excl_io_bytes == plan_memory(patched, exclude_io=True).arena_bytes
     assert cost.macs == tvm_patch.profile(patched).macs
-    if all(st_.block.halo != ("recompute", "recompute") for st_ in stages):
-        assert cost.macs == cost.layer_macs  # caching recomputes nothing
+    if all(st_.block.halo[1 - st_.cached_axis] == "recompute" and
+           st_.grid[1 - st_.cached_axis] == 1 for st_ in stages if st_.cached_axis is not None) \
+            and all(st_.cached_axis is not None for st_ in stages):
+        # caching along the only tiled axis recomputes nothing (and skips rows that a
+        # strided consumer never reads)
+        assert cost.macs <= cost.layer_macs
 
     x = random_input(graph, spec.seed)
     ours = tvm_patch.build(patched).run(x)

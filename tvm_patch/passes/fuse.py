@@ -43,6 +43,7 @@ def lower_stage(stage: Stage, graph: Graph) -> StageKernel:
     builder = _Builder(stage, graph)
     func = te.create_prim_func([builder.x, *[ph for ph, _ in builder.consts], builder.out])
     func = _schedule(func, stage)
+    func = _start_early(func, stage)
     func = _predicate_accumulators(func, builder)
     func = _skip_cached_rows(func, builder)
     macs = count_macs(func, builder.accumulators)
@@ -66,7 +67,10 @@ def lower_stage(stage: Stage, graph: Graph) -> StageKernel:
 class _Builder:
     def __init__(self, stage: Stage, graph: Graph):
         self.stage, self.graph = stage, graph
-        tiles = stage.grid[0] * stage.grid[1]
+        # tile tensors index every tile of the loop, warm-up tiles of a cached run included
+        self.first = tuple(stage.first_tile if ax == stage.cached_axis else 0 for ax in (0, 1))
+        self.cols = stage.grid[1] - self.first[1]
+        tiles = (stage.grid[0] - self.first[0]) * self.cols
         tensors = dict(graph.tensors)
         for name, (h, w) in stage.regions.items():
             t = graph.t(name)
@@ -94,9 +98,9 @@ class _Builder:
                     self.tile_writers[f"L{k}_acc"] = name
             env[name] = self._mask(name, lambda n, gh, gw, c, r, q, out=out: out[n, r, q, c],
                                    tag)
-        final, (th, tw), pw = env[stage.tiled_output], stage.tile, stage.grid[1]
+        final, (th, tw), (fh, fw) = env[stage.tiled_output], stage.tile, self.first
         self.out = te.compute(graph.t(stage.tiled_output).shape, lambda n, h, w, c: final[
-            (h // th) * pw + w // tw, h % th, w % tw, c], name=OUT)
+            (h // th - fh) * self.cols + w // tw - fw, h % th, w % tw, c], name=OUT)
         if stage.reduce is not None:  # the tiles accumulate into it: OUT is only a view
             self.out, consts = COMPUTES["mean"](stage.reduce, graph, [self.out])
             self.consts += consts
@@ -134,8 +138,13 @@ class _Builder:
         return tirx.all(gh >= 0, gh < h, gw >= 0, gw < w)
 
     def _global(self, name, n, r, q):
-        (sh, sw), (th, tw), pw = self.stage.regions[name], self.stage.tile, self.stage.grid[1]
-        return (n // pw) * (th * sh.stride) - sh.lo + r, (n % pw) * (tw * sw.stride) - sw.lo + q
+        (sh, sw), (th, tw) = self.stage.regions[name], self.stage.tile
+        row, col = self.tile_of(n)
+        return row * (th * sh.stride) - sh.lo + r, col * (tw * sw.stride) - sw.lo + q
+
+    def tile_of(self, n):
+        """(row, column) in the grid of tile n of the tile tensors."""
+        return n // self.cols + self.first[0], n % self.cols + self.first[1]
 
     def _mask(self, name, value, tag):
         t = self.graph.t(name)
@@ -219,12 +228,43 @@ def _skip_cached_rows(func, builder):
         if tensor is None:
             return mutator.default_mutate(realize)
         n, r, q = realize.iter_values[:3]
-        index = n // stage.grid[1] if ax == 0 else n % stage.grid[1]
-        row = (r, q)[ax]
-        fresh = tirx.Or(index == 0, row >= cached_rows(stage, tensor))
+        index, row = builder.tile_of(n)[ax], (r, q)[ax]
+        fresh = tirx.Or(index == stage.first_tile, row >= cached_rows(stage, tensor))
         return s_tir.SBlockRealize(realize.iter_values, tirx.all(realize.predicate, fresh),
                                    realize.block)
     return func.with_body(tvm_ffi.structural_mutate(func.body, [(s_tir.SBlockRealize, visit)]))
+
+
+def _start_early(func, stage: Stage):
+    """Along a cached axis, the run of tiles starts at stage.first_tile (<= 0): the tile
+    loop is extended back to it and the output (or the reduction) is written only from
+    tile 0 on."""
+    ax = stage.cached_axis
+    if ax is None or stage.first_tile == 0:
+        return func
+
+    def extend(loop, mutator):
+        inner = loop.body
+        if not isinstance(inner, tirx.For) or done:
+            return mutator.default_mutate(loop)
+        done.append(inner)
+        first = stage.first_tile
+        inner = tirx.For(inner.loop_var, first, inner.extent - first, inner.kind,
+                         inner.body, inner.thread_binding, inner.annotations)
+        return tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind, inner,
+                        loop.thread_binding, loop.annotations)
+
+    def written_from_zero(realize, mutator):
+        if realize.block.name_hint not in (OUT, SUM):
+            return mutator.default_mutate(realize)
+        values = realize.iter_values
+        row = values[1 + ax] if realize.block.name_hint == OUT else values[len(values) - 2 + ax]
+        return s_tir.SBlockRealize(values, tirx.all(realize.predicate, row >= 0),
+                                   realize.block)
+    done = []
+    body = tvm_ffi.structural_mutate(func.body, [(tirx.For, extend)])
+    body = tvm_ffi.structural_mutate(body, [(s_tir.SBlockRealize, written_from_zero)])
+    return func.with_body(body)
 
 
 def _shift_cached_rows(func, builder, tiles: dict):
@@ -266,7 +306,7 @@ def _shift_cached_rows(func, builder, tiles: dict):
             return mutator.default_mutate(loop)
         tile_loop = outer_body  # the second loop of the nest: the run along the cached axis
         inner.append(tile_loop)
-        shift = tirx.IfThenElse(tile_loop.loop_var > 0, tirx.SeqStmt(moves)
+        shift = tirx.IfThenElse(tile_loop.loop_var > tile_loop.min, tirx.SeqStmt(moves)
                                 if len(moves) > 1 else moves[0], None)
         new_inner = tirx.For(tile_loop.loop_var, tile_loop.min, tile_loop.extent,
                              tile_loop.kind, tirx.SeqStmt([shift, tile_loop.body]),

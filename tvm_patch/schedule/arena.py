@@ -131,6 +131,16 @@ def plan_calls(params: list, calls: list, outputs: list, exclude_io: bool = Fals
     return plan
 
 
+def arena_sizes(params: list, calls: list, outputs: list) -> tuple:
+    """(arena, arena_excl_io) of plan_calls with exclude_io False and True, with the full
+    placement shared between the two (the same numbers, one placement fewer)."""
+    plan = plan_calls(params, calls, outputs)
+    io = [b for b in plan.buffers.values() if b.kind in ("input", "output")]
+    rest = [b for b in plan.buffers.values() if b.kind not in ("input", "output")]
+    footprint = max((b.offset + _align(b.nbytes) for b in rest), default=0)
+    return plan.arena_bytes, min(place(rest), footprint) if io else plan.arena_bytes
+
+
 def peak_live(plan: Plan, exclude: set = frozenset()) -> int:
     """The most aligned bytes live at any step (an in-place output counted with its input):
     a lower bound of any placement's arena, which the placer usually reaches."""
@@ -209,9 +219,13 @@ def _anchor_groups(buffers: list) -> list:
 def _greedy(groups: list) -> dict:
     offsets, placed = {}, []   # placed: (start, end, lo, hi) of each placed buffer
     for group in groups:
-        times = [(m.start, m.end) for m in group]
-        busy = sorted((lo, hi) for start, end, lo, hi in placed
-                      if any(start <= e and s <= end for s, e in times))
+        if len(group) == 1:
+            s, e = group[0].start, group[0].end
+            busy = sorted((lo, hi) for start, end, lo, hi in placed if start <= e and s <= end)
+        else:
+            times = [(m.start, m.end) for m in group]
+            busy = sorted((lo, hi) for start, end, lo, hi in placed
+                          if any(start <= e and s <= end for s, e in times))
         offset, size = 0, _size(group)
         for lo, hi in busy:
             if offset + size <= lo:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from ..graph import Graph, ModelError
 from ..kernels.ops import macs as op_macs
-from .arena import Call, Plan, largest_steps, plan_calls
+from .arena import Call, Plan, arena_sizes, largest_steps, plan_calls
 from .regions import Stage, plan_block
 from .schedule import Schedule, check_model
 
@@ -63,6 +63,7 @@ class CostModel:
         self.scratch = dict(scratch or {})
         self.layer_macs = sum(op_macs(op, graph) for op in graph.ops)
         self._op_macs = [op_macs(op, graph) for op in graph.ops]
+        self._blocks, self._consumers = {}, None
 
     def scratch_of(self, pos: int) -> int:
         if pos not in self.scratch:
@@ -72,7 +73,15 @@ class CostModel:
 
     def stages(self, schedule: Schedule) -> list:
         check_model(schedule, self.graph)
-        return [plan_block(self.graph, b) for b in schedule.blocks]
+        return [self.block(b) for b in schedule.blocks]
+
+    def block(self, block):
+        """A block's plan (regions, tile buffers, MACs), kept: a search asks for the same
+        blocks in many schedules."""
+        if block not in self._blocks:
+            self._consumers = self._consumers or self.graph.consumers()
+            self._blocks[block] = plan_block(self.graph, block, self._consumers)
+        return self._blocks[block]
 
     def calls(self, stages: list) -> tuple:
         """(params, calls): the planner's view of the module the pass emits."""
@@ -112,8 +121,7 @@ class CostModel:
     def cost(self, schedule: Schedule, stages: list | None = None) -> Cost:
         stages = self.stages(schedule) if stages is None else stages
         params, calls = self.calls(stages)
-        arena = plan_calls(params, calls, self.graph.outputs).arena_bytes
-        excl = plan_calls(params, calls, self.graph.outputs, exclude_io=True).arena_bytes
+        arena, excl = arena_sizes(params, calls, self.graph.outputs)
         macs = sum(c.macs for c in calls if not c.view)
         return Cost(arena, excl, macs, self.layer_macs, schedule, stages)
 

@@ -61,6 +61,7 @@ class Stage:
     graph: Graph = field(repr=False, default=None)
     block: Block = None     # the schedule's block this plans
     reduce: Op = None       # a global MEAN the tiles accumulate into (the last operator)
+    first_tile: int = 0     # along a cached axis, where the run starts (see _first_tile)
 
     @property
     def tiled_ops(self) -> list:
@@ -339,6 +340,10 @@ def plan_block(graph: Graph, block: Block, consumers: dict | None = None) -> Sta
     if all(block.cached):
         raise ModelError(f"block {block.first}-{block.last}: halo caching on both axes is not "
                          f"supported; cache one axis (its tiles then run consecutively)")
+    for ax, g in enumerate(grid):
+        if block.cached[ax] and g < 2:
+            raise ModelError(f"block {block.first}-{block.last}: halo caching along "
+                             f"{'HW'[ax]} needs at least 2 tiles along it")
     tile = tuple(-(-s // g) for s, g in zip(size, grid))
     for ax, (s, g, t) in enumerate(zip(size, grid, tile)):
         if g < 1 or (g - 1) * t >= s:
@@ -346,20 +351,54 @@ def plan_block(graph: Graph, block: Block, consumers: dict | None = None) -> Sta
                 f"patches={g}: the block output is {size[0]}x{size[1]}; a grid of {g} tiles "
                 f"of {t} leaves the last one empty along {'HW'[ax]}")
     regions = {out: (Span(1, 0, tile[0]), Span(1, 0, tile[1]))}
+    cached = block.cached.index(True) if any(block.cached) else None
+    buffered = [op.outputs[0] for op in tiled_ops
+                if op.kind in CONVS + ("add",) and op.outputs[0] != out]
     for op in reversed(tiled_ops):
-        need = _needs(op, graph, regions[op.outputs[0]])
+        produced = regions[op.outputs[0]]
+        if cached is not None and op.outputs[0] in buffered:
+            # a tile buffer computes only its fresh rows along the cached axis (views of it
+            # are read whole, so they need their producer's whole region)
+            produced = tuple(_fresh(span, tile[ax]) if ax == cached else span
+                             for ax, span in enumerate(produced))
+        need = _needs(op, graph, produced)
         for n in _acts(graph, op):
             regions[n] = tuple(r.merge(q) for r, q in zip(regions[n], need)) \
                 if n in regions else need
     buffers = {tile_buffer(k): _tile_bytes(graph, regions, op.outputs[0])
-               for k, op in enumerate(tiled_ops)
-               if op.kind in CONVS + ("add",) and op.outputs[0] != out}
+               for k, op in enumerate(tiled_ops) if op.outputs[0] in buffered}
     if reduce is not None:  # kernels/nonlinear.py's int32 sum per channel
         buffers[REDUCE_SUM] = int(graph.t(out).shape[3]) * 4
     stage = Stage(ops, first, ops[-1].outputs[0], grid, tile, regions, buffers, 0,
                   sum(op_macs(op, graph) for op in ops), graph, block, reduce)
+    if cached is not None:
+        stage.first_tile = _first_tile(stage, cached, buffered)
     stage.macs = sum(_stage_macs(stage, op, graph) for op in tiled_ops)
     return stage
+
+
+def _fresh(span: Span, tile: int) -> Span:
+    """The rows of a region a tile computes itself when rows are cached along the axis:
+    the last tile * stride of them (the others were computed by earlier tiles)."""
+    step = tile * span.stride
+    if span.extent <= step:
+        return span
+    return Span(span.stride, span.lo - (span.extent - step), step)
+
+
+def _first_tile(stage: Stage, ax: int, buffered: list) -> int:
+    """The tile the run along a cached axis starts from (<= 0). Regions hold only the rows
+    that consumers' fresh rows read, so the run starts early enough (warm-up tiles, whose
+    output rows lie before the image) that at its first tile every kept row of every
+    region is padding: nothing kept is ever missing."""
+    first = 0
+    for name in buffered:
+        span = stage.regions[name][ax]
+        step = stage.tile[ax] * span.stride
+        kept = span.extent - step
+        if kept > 0:  # t * step - lo + kept <= 0
+            first = min(first, (span.lo - kept) // step)
+    return first
 
 
 def _tile_bytes(graph, regions, name) -> int:
@@ -377,10 +416,10 @@ def _stage_macs(stage: Stage, op: Op, graph: Graph) -> int:
     per_position = total // (out.shape[1] * out.shape[2])
     rows = []
     for ax, g in enumerate(stage.grid):
-        spans = [stage.valid(out.name, ax, t) for t in range(g)]
+        tiles = range(stage.first_tile if ax == stage.cached_axis else 0, g)
         span, tile = stage.regions[out.name][ax], stage.tile[ax]
-        spans = [(stage_origin + a, stage_origin + b) for (a, b), stage_origin in
-                 zip(spans, (span.origin(t, tile) for t in range(g)))]
+        spans = [(span.origin(t, tile) + a, span.origin(t, tile) + b)
+                 for t, (a, b) in zip(tiles, (stage.valid(out.name, ax, t) for t in tiles))]
         rows.append(_union(spans) if ax == stage.cached_axis else
                     sum(b - a for a, b in spans))
     return int(np.int64(rows[0]) * rows[1] * per_position)

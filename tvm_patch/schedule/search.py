@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from ..graph import Graph, ModelError
 from .arena import peak_live, plan_calls
 from .cost import Cost, CostModel
-from .regions import BLOCK_KINDS, CONVS, ELEMENTWISE, plan_block, split_block
+from .regions import BLOCK_KINDS, CONVS, ELEMENTWISE, split_block
 from .schedule import Block, Schedule, fingerprint
 
 OBJECTIVES = ("arena", "arena_excl_io")
@@ -66,7 +66,6 @@ class Search:
         self.model = model or CostModel(graph)
         self.fp = fingerprint(graph)
         self.cuts = single_cuts(graph)
-        self.consumers = graph.consumers()
         self.edges_tried = 0
 
     def _segment(self, a: int, b: int, stages: list, objective: str) -> tuple:
@@ -97,7 +96,8 @@ class Search:
             elif halo[1] == "cache":
                 grids = {(g, w) for g in (1, 2, 3, 4, 6, 8, h)}
             else:  # down to one output pixel per tile
-                grids = {(p, p) for p in range(2, MAX_PATCHES + 1)} | {(h, w)}
+                grids = {(p, p) for p in (*range(2, MAX_PATCHES + 1), 10, 12, 16, 24)} | \
+                    {(h, w), (-(-h // 2), -(-w // 2))}
             for grid in sorted(grids):
                 if grid[0] <= h and grid[1] <= w and grid != (1, 1):
                     yield Block(a, b - 1, grid, halo)
@@ -113,7 +113,7 @@ class Search:
                 for block in self.blocks(a, b):
                     self.edges_tried += 1
                     try:
-                        stage = plan_block(graph, block, self.consumers)
+                        stage = self.model.block(block)
                     except ModelError:
                         continue
                     if max_factor is not None and stage.macs - stage.layer_macs > \
@@ -172,7 +172,8 @@ def choose(graph: Graph, split="auto", patches="auto", sram=None, max_mac_overhe
                                      else "arena_excl_io_bytes")
     base = model.cost(Schedule((), fp))
     if split == "auto" and patches == "auto":  # the front, and MCUNetV2's one blocks
-        candidates = [base] + Search(graph, model).front(objective) + \
+        cap = max_mac_overhead if sram is None else None  # prunes blocks above it
+        candidates = [base] + Search(graph, model).front(objective, cap) + \
             _one_block(graph, model, split, patches, fp)[0]
     else:
         candidates, errors = _one_block(graph, model, split, patches, fp)
@@ -185,7 +186,9 @@ def choose(graph: Graph, split="auto", patches="auto", sram=None, max_mac_overhe
         fitting = [c for c in candidates if c.arena_bytes <= sram]
         if not fitting:
             raise ModelError(model.too_big(min(candidates, key=lambda c: c.arena_bytes), sram))
-        return min(fitting, key=lambda c: (c.macs, c.arena_bytes))
+        # ties in MACs go to fewer blocks: a cached block computes no more MACs than layer
+        # by layer but spends instructions on its tiles
+        return min(fitting, key=lambda c: (c.macs, len(c.schedule.blocks), c.arena_bytes))
     allowed = [c for c in candidates if c.macs_overhead <= max_mac_overhead]
     best = min(allowed, key=lambda c: (getattr(c, first), c.arena_bytes, c.macs))
     if best.schedule.layer_by_layer:
