@@ -52,12 +52,30 @@ def assert_bit_exact(data: bytes, compiled, n=3, seed=0):
                                     f"TFLite Micro {b.ravel()[diff[:5]]})")
 
 
-_COMPILED = {}
+_LOADED, _PATCHED, _COMPILED = {}, {}, {}
+
+
+def loaded_model(key, data: bytes, **options):
+    """tvm_patch.load once per session: loading lowers every kernel, seconds for the larger
+    models, and test modules look at the same ones."""
+    k = key, tuple(sorted(options.items()))
+    if k not in _LOADED:
+        _LOADED[k] = tvm_patch.load(data, **options)
+    return _LOADED[k]
+
+
+def patched_model(key, data: bytes):
+    """The auto patch schedule of a loaded model, once per session (the search takes
+    seconds)."""
+    if key not in _PATCHED:
+        from tvm_patch.passes import PatchBasedInference
+        _PATCHED[key] = PatchBasedInference()(loaded_model(key, data))
+    return _PATCHED[key]
 
 
 def compiled_model(key, data: bytes):
     """Compile once per session: several tests look at the same model."""
     if key not in _COMPILED:
-        mod = tvm_patch.load(data)
+        mod = loaded_model(key, data)
         _COMPILED[key] = (mod, tvm_patch.build(mod))
     return _COMPILED[key]

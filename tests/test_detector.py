@@ -15,7 +15,7 @@ from tvm_patch.graph import ModelError
 from tvm_patch.passes import PatchBasedInference, cost_of
 from tvm_patch.zoo import ModelWriter
 
-from conftest import assert_bit_exact, compiled_model
+from conftest import assert_bit_exact, compiled_model, loaded_model, patched_model
 
 
 def _quant(rng):
@@ -133,8 +133,8 @@ def detector() -> dict:
     """The detector's bytes, its layer-by-layer module and the auto patch-based one."""
     if not _DETECTOR:
         data = zoo.build("detector")
-        mod = tvm_patch.load(data)
-        _DETECTOR.update(data=data, mod=mod, patched=PatchBasedInference()(mod))
+        _DETECTOR.update(data=data, mod=loaded_model("detector", data),
+                         patched=patched_model("detector", data))
     return _DETECTOR
 
 

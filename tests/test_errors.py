@@ -316,6 +316,8 @@ def test_signal_stops_the_emulator_and_removes_its_files(tmp_path, sig, code, li
 
 def test_emulator_that_fails_to_start_reports_its_log(tmp_path, monkeypatch):
     from tvm_patch.mcu import session
+    from tvm_patch.mcu.plugin import plugin_library
+    plugin_library()  # built (or cached) before `which` finds /bin/false for gcc too
     monkeypatch.setattr(session.shutil, "which", lambda name: "/bin/false")
     monkeypatch.setattr(session, "symbol", lambda elf, name: (0x1000,))
     monkeypatch.setattr(session.tempfile, "tempdir", str(tmp_path))

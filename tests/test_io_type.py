@@ -21,7 +21,7 @@ from tvm_patch.passes import choose, cost_of
 from tvm_patch.schedule import Schedule
 from tvm_patch.schedule.cost import CostModel
 from tvm_patch.schedule.search import _max_split as max_split
-from conftest import assert_bit_exact, shared_model
+from conftest import assert_bit_exact, loaded_model, shared_model
 
 build_module = importlib.import_module("tvm_patch.build")  # tvm_patch.build is the function
 
@@ -33,10 +33,8 @@ _LOADED = {}
 
 
 def loaded(name, **options):
-    key = name, tuple(sorted(options.items()))
-    if key not in _LOADED:
-        _LOADED[key] = tvm_patch.load(shared_model(name), **options)
-    return _LOADED[key]
+    with open(shared_model(name), "rb") as f:
+        return loaded_model(name, f.read(), **options)
 
 
 def stage_attr(mod):

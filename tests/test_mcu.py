@@ -19,7 +19,8 @@ from tvm_patch.mcu.session import frame
 from tvm_patch.passes import PatchBasedInference
 from hypothesis import HealthCheck, event, given, settings, strategies as st
 
-from conftest import SHARED, assert_bit_exact, compiled_model, random_inputs, shared_model
+from conftest import (SHARED, assert_bit_exact, compiled_model, loaded_model, patched_model,
+                      random_inputs, shared_model)
 from random_cnn import QUANTS, Layer, Spec, build as build_cnn, quant_specs
 from test_quant_edge import FLOATS, SATURATED, quantize_model
 
@@ -96,7 +97,7 @@ def test_shared_model_on_emulator(name, patched, tmp_path):
         data = f.read()
     mod, host = compiled_model(name, data)
     if patched:
-        mod = PatchBasedInference()(mod)
+        mod = patched_model(name, data)
         host = tvm_patch.build(mod)
     _check_on_emulator(data, mod, tmp_path, host)
 
@@ -107,9 +108,7 @@ def test_shared_model_on_emulator(name, patched, tmp_path):
 def test_zoo_model_on_emulator(key, patched, tmp_path):
     """Models beyond the STM32F746 run with the emulated board's own 4 MB + 4 MB."""
     data = zoo_model(key)
-    mod = tvm_patch.load(data)
-    if patched:
-        mod = PatchBasedInference()(mod)
+    mod = patched_model(key, data) if patched else loaded_model(key, data)
     _check_on_emulator(data, mod, tmp_path, n=1 if key in TOO_LARGE else 2,
                        budget="mps2-an500" if key in TOO_LARGE else "stm32f746")
 

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 import tvm_patch
 from tvm_patch import zoo
 from tvm_patch.analysis.memory import ALIGN, Buffer, place, plan_memory
-from conftest import compiled_model
+from conftest import compiled_model, loaded_model
 
 
 @st.composite
@@ -65,8 +65,8 @@ def test_plan_of_a_real_model():
 
 def test_paper_analytic_mobilenetv2_matches_mcunetv2_table1():
     """MobileNetV2-1.0 at 224x224: 1372 kB per-layer peak under the paper's rule (Table 1)."""
-    prof = tvm_patch.profile(tvm_patch.load(zoo.build("mobilenetv2", width=1.0,
-                                                      resolution=224)))
+    data = zoo.build("mobilenetv2", width=1.0, resolution=224)
+    prof = tvm_patch.profile(loaded_model("mbv2-w1.0-r224", data))
     assert prof.paper_analytic_bytes == 1372 * 1024
     peak = max(prof.layers, key=lambda layer: layer.paper_bytes)
     assert peak.output == [1, 112, 112, 96]  # block 2's expansion conv
@@ -101,8 +101,10 @@ def test_explicit_pads_fold_into_convolutions():
     path = shared_model("mcunet-vww1")
     graph = tvm_patch.read(path)
     assert not [op for op in graph.ops if op.kind == "pad"]
-    prof = tvm_patch.profile(tvm_patch.load(path))
-    assert prof.arena_bytes < reference.arena(open(path, "rb").read())["head"]
+    with open(path, "rb") as f:
+        data = f.read()
+    prof = tvm_patch.profile(loaded_model("mcunet-vww1", data))
+    assert prof.arena_bytes < reference.arena(data)["head"]
 
 
 def test_inplace_depthwise_shares_its_input_buffer():
@@ -115,7 +117,8 @@ def test_inplace_depthwise_shares_its_input_buffer():
     graph = tvm_patch.read(path)
     inplace = [op for op in graph.ops if op.attrs.get("inplace")]
     assert inplace and all(op.kind == "depthwise_conv2d" for op in inplace)
-    mod = tvm_patch.load(path)
+    with open(path, "rb") as f:
+        mod = loaded_model("mcunet-vww1", f.read())
     plan = plan_memory(mod)
     anchored = [b for b in plan.buffers.values() if b.anchor]
     assert anchored and all(b.offset == plan.buffers[b.anchor].offset for b in anchored)

@@ -9,7 +9,8 @@ from tvm import relax
 
 import tvm_patch
 from tvm_patch import reference, zoo
-from conftest import SHARED, SHARED_MODELS, assert_bit_exact, compiled_model, shared_model
+from conftest import (SHARED, SHARED_MODELS, assert_bit_exact, compiled_model, patched_model,
+                      shared_model)
 
 ZOO = {
     "mbv2-w0.35-r144": dict(name_or_config="mobilenetv2", width=0.35, resolution=144),
@@ -55,11 +56,8 @@ def test_zoo_model_bit_exact(key):
                                  for k in ZOO])
 def test_zoo_model_patched_bit_exact(key):
     """The schedule auto picks (patched, or layer by layer when that is smaller)."""
-    from tvm_patch.passes import PatchBasedInference
     data = zoo_model(key)
-    mod, _ = compiled_model(key, data)
-    patched = PatchBasedInference()(mod)
-    assert_bit_exact(data, tvm_patch.build(patched), n=2)
+    assert_bit_exact(data, tvm_patch.build(patched_model(key, data)), n=2)
 
 
 @pytest.mark.parametrize("name", SHARED)

@@ -22,7 +22,7 @@ from tvm_patch.passes.fuse import lower_stage
 from tvm_patch.schedule import schedule_of
 from tvm_patch.schedule.regions import CONVS, split_block, tile_buffer
 from tvm_patch.schedule.search import _max_split as max_split
-from conftest import SHARED, assert_bit_exact, shared_model
+from conftest import SHARED, assert_bit_exact, loaded_model, patched_model, shared_model
 from random_cnn import QUANTS, Layer, Spec, build as build_cnn, specs
 
 # a valid fixed schedule per shared model, (split, patches); P=3 gives non-dividing grids
@@ -65,7 +65,8 @@ def uniform_tile_macs(stage, graph) -> int:
 
 
 class SharedModels:
-    """Shared models loaded, patched and compiled once per module."""
+    """Shared models loaded, patched and compiled once per module (loaded, and patched
+    with the auto schedule, once per session)."""
 
     def __init__(self):
         self._models, self._patched, self._hosts = {}, {}, {}
@@ -74,14 +75,15 @@ class SharedModels:
         if name not in self._models:
             with open(shared_model(name), "rb") as f:
                 data = f.read()
-            self._models[name] = data, tvm_patch.load(data)
+            self._models[name] = data, loaded_model(name, data)
         return self._models[name]
 
     def patched(self, name, split, patches):
         key = name, split, patches
         if key not in self._patched:
-            self._patched[key] = PatchBasedInference(split=split, patches=patches)(
-                self.model(name)[1])
+            data, mod = self.model(name)
+            self._patched[key] = patched_model(name, data) if split == patches == "auto" \
+                else PatchBasedInference(split=split, patches=patches)(mod)
         return self._patched[key]
 
     def host(self, name, split, patches):
@@ -232,7 +234,7 @@ def test_mbv2_stage_tile_and_mac_overhead(mbv2):
 
 def test_mbv2_paper_analytic_memory(mbv2):
     data, _, _ = mbv2
-    layered = tvm_patch.load(data)
+    layered = loaded_model("mbv2-w1.0-r224", data)
     assert tvm_patch.profile(layered).paper_analytic_bytes == 1_404_928
     patched = PatchBasedInference(split=12, patches=4)(layered)
     assert tvm_patch.profile(patched).paper_analytic_bytes <= 172 * 1024

@@ -7,6 +7,7 @@ binary blob (`weights.bin`, placed by `weights.S`)."""
 from __future__ import annotations
 
 import hashlib
+import inspect
 import re
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ import tvm.sym
 import tvm_ffi
 from tvm import s_tir, tirx
 
+from .. import cache
 from ..analysis.memory import ALIGN, Plan
 from ..graph import ModelError
 from ..kernels.lower import compaction_passes
@@ -251,10 +253,44 @@ def _pointer_params(func, _mod, _ctx):
 def kernels_c(mod) -> tuple:
     """(kernels.c text without preamble, prototypes) of the PrimFuncs of a Relax module."""
     funcs = {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tirx.PrimFunc)}
-    source = tvm.get_global_func("target.build.c")(lower_to_c(funcs), C_TARGET).inspect_source()
-    lines = source.splitlines()
+    body, prototypes = [], set()
+    for name in sorted(funcs):  # the order of TVM's C code generator
+        text, protos = _split_source(kernel_source(name, funcs[name]))
+        body.append(text)
+        prototypes.update(protos)
+    text = "".join(body)
+    if re.search(r"\bTVM|DLTensor|tvm_ffi", text):
+        raise RuntimeError("generated kernel C still refers to the TVM runtime")
+    return text, sorted(prototypes)
+
+
+# what turns a kernel into C besides TVM: this file and lower.py's compaction passes
+_GENERATOR = b"".join(open(f, "rb").read() for f in (__file__,
+                                                     inspect.getfile(compaction_passes)))
+
+
+def kernel_source(name: str, func: tirx.PrimFunc) -> str:
+    """TVM's C for one kernel, cached by content (tvm_patch.cache): lowering to C is the
+    slow part of writing a project, and a patched model keeps the kernels after its
+    stage."""
+    def generate():
+        lowered = lower_to_c({name: func})
+        return tvm.get_global_func("target.build.c")(lowered, C_TARGET).inspect_source()
+    if not cache.enabled():
+        return generate()
+
+    def make(path):
+        with open(path, "w") as f:
+            f.write(generate())
+    entry = cache.key("C kernel", tvm.__version__, _GENERATOR, name, func.script()) + ".c"
+    with open(cache.fetch(entry, make)) as f:
+        return f.read()
+
+
+def _split_source(source: str) -> tuple:
+    """(function definitions, prototypes) of TVM's C output, without its TVM headers."""
     prototypes, body, skip = [], [], True
-    for line in lines:
+    for line in source.splitlines():
         if line.endswith(";") and re.match(r"(TVM_DLL )?\w+ tvmp_\w+\(", line):
             continue  # our helpers, defined in tvmp_kernels.h
         if line.startswith("TVM_DLL") and line.endswith(";"):
@@ -266,10 +302,7 @@ def kernels_c(mod) -> tuple:
         if skip or line in ("#ifdef __cplusplus", 'extern "C"', "#endif"):
             continue
         body.append(line)
-    text = "\n".join(body) + "\n"
-    if re.search(r"\bTVM|DLTensor|tvm_ffi", text):
-        raise RuntimeError("generated kernel C still refers to the TVM runtime")
-    return text, sorted(set(prototypes))
+    return "\n".join(body) + "\n", prototypes
 
 
 C_TYPES = {"int8": "int8_t", "uint8": "uint8_t", "int16": "int16_t", "int32": "int32_t",

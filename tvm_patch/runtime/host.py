@@ -9,6 +9,7 @@ import numpy as np
 import tvm
 import tvm_ffi
 
+from .. import cache
 from ..analysis.memory import Plan, plan_memory
 from ..graph import ModelError
 
@@ -17,14 +18,14 @@ class HostModel:
     def __init__(self, mod, target="llvm"):
         self.mod = mod
         self.plan: Plan = plan_memory(mod)
-        kernels = tvm.IRModule({gv: f for gv, f in mod.functions.items()
-                                if isinstance(f, tvm.tirx.PrimFunc)})
+        kernels = {gv.name_hint: f for gv, f in mod.functions.items()
+                   if isinstance(f, tvm.tirx.PrimFunc)}
         try:
-            self.lib = tvm.compile(kernels, target=target)
+            compiled = compile_kernels(kernels, target)
         except (RuntimeError, ValueError, TypeError) as e:  # TVM's FFI raises builtin classes
             lines = str(e).strip().splitlines() or [type(e).__name__]
             raise ModelError(f"kernel compilation failed: {lines[-1]}") from None
-        self._funcs = {s.func: self.lib[s.func] for s in self.plan.steps}
+        self._funcs = {s.func: compiled[s.func] for s in self.plan.steps}
         self._consts = [tvm.runtime.tensor(np.ascontiguousarray(c)) for c in self.plan.constants]
         # 64-byte aligned base so that every 16-byte aligned offset stays 16-byte aligned
         raw = np.zeros(self.plan.arena_bytes + 64, np.uint8)
@@ -56,6 +57,25 @@ class HostModel:
                 args.append(_tensor(self.arena[ws.offset:ws.offset + ws.nbytes].view(np.int8)))
             self._funcs[step.func](*args)
         return [self._view(n).copy() for n in self.plan.outputs]
+
+
+def compile_kernels(kernels: dict, target) -> dict:
+    """name -> PrimFunc compiled for the host, each kernel alone and cached by its full
+    TVMScript text, the target and TVM's version (tvm_patch.cache): a patched model keeps
+    the kernels after its stage, and tests and benchmarks build the same models again, so
+    most kernels compile once."""
+    target = tvm.target.Target(target)
+    compiled = {}
+    for name, func in kernels.items():
+        mod = tvm.IRModule({"kernel": func.with_attr("global_symbol", "kernel")})
+        if not cache.enabled():
+            compiled[name] = tvm.compile(mod, target=target)["kernel"]
+            continue
+        entry = cache.key("host kernel", tvm.__version__, target, mod.script()) + ".so"
+        path = cache.fetch(entry, lambda p, m=mod: tvm.compile(m, target=target)
+                           .export_library(p))
+        compiled[name] = tvm.runtime.load_module(path)["kernel"]
+    return compiled
 
 
 def check_inputs(inputs, specs):
