@@ -29,6 +29,7 @@ import tvm_patch  # noqa: E402
 from tvm_patch import zoo  # noqa: E402
 from tvm_patch.analysis.memory import plan_memory  # noqa: E402
 from tvm_patch.frontend import read  # noqa: E402
+from tvm_patch.graph import ModelError  # noqa: E402
 from tvm_patch.passes import PatchBasedInference  # noqa: E402
 from tvm_patch.schedule import Block, Schedule, Search, fingerprint  # noqa: E402
 from tvm_patch.schedule.cost import CostModel  # noqa: E402
@@ -60,6 +61,8 @@ def source(models_dir: str, label: str):
 
 def on_int8_io(schedule: Schedule, graph, int8) -> Schedule:
     """The same blocks on the int8-I/O graph (operators matched by source index)."""
+    if int8 is graph:
+        return schedule
     where = {(op.index, op.kind): k for k, op in enumerate(int8.ops)}
     blocks = []
     for blk in schedule.blocks:
@@ -90,7 +93,10 @@ def instructions(mod, x) -> int:
 
 def bench(label: str, src, args) -> list:
     graph = read(src)
-    int8 = read(src, io_type="int8")
+    try:
+        int8 = read(src, io_type="int8")
+    except ModelError:  # its input and output are int8 already
+        int8 = graph
     t = time.perf_counter()
     search = Search(graph)
     front = search.front("arena_excl_io")
@@ -111,7 +117,7 @@ def bench(label: str, src, args) -> list:
     emulate = set()
     if args.emulate and label == "mcunet-vww1 r80":
         step = max(1, len(front) // args.emulate)
-        emulate = {id(c) for c in front[::step][:args.emulate]}
+        emulate = {id(c) for c in front[::step][:args.emulate]} | {id(base)}
     x = np.random.default_rng(0).uniform(-1, 1, graph.t(graph.inputs[0]).shape).astype(
         np.float32)
     layered = tvm_patch.load(src) if (args.verify or emulate) else None
@@ -122,7 +128,8 @@ def bench(label: str, src, args) -> list:
                b(cost.macs), f"{cost.macs_overhead:.3f}"]
         built = None
         if args.verify or id(cost) in emulate:
-            built = PatchBasedInference(cost.schedule)(layered)
+            built = PatchBasedInference(cost.schedule)(layered) if cost.schedule.blocks \
+                else layered
             got = (plan_memory(built).arena_bytes, plan_memory(built, True).arena_bytes)
             if got != (cost.arena_bytes, cost.arena_excl_io_bytes):
                 problems.append(f"{label}: {describe(cost.schedule)}: built plan {got}, "

@@ -219,3 +219,24 @@ def test_auto_keeps_layer_by_layer_when_it_is_smallest():
     cost = cost_of(patched)
     assert not cost["blocks"] and "kept layer by layer" in cost["note"]
     assert plan_memory(patched).arena_bytes == plan_memory(mod).arena_bytes
+
+
+def test_pareto_cli_json_plot_and_schedule_files(tmp_path, capsys):
+    """`tvm-patch pareto --json` gives each point's schedule; built with --schedule, its
+    arena is what the front says; --plot writes the PNG."""
+    from tvm_patch import cli
+    model = shared_model("mlperf-kws-dscnn")
+    plot = tmp_path / "front.png"
+    assert cli.main(["pareto", model, "--json", "--plot", str(plot),
+                     "--objective", "arena_excl_io"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["front"] and plot.stat().st_size > 0
+    point = res["front"][-1]  # the smallest
+    (tmp_path / "s.json").write_text(json.dumps(point["schedule"]))
+    assert cli.main(["profile", model, "--schedule", str(tmp_path / "s.json"), "--json"]) == 0
+    prof = json.loads(capsys.readouterr().out)
+    assert prof["arena_excl_io_bytes"] == point["arena_excl_io_bytes"]
+    assert prof["schedule"]["blocks"] == point["schedule"]["blocks"]
+    (tmp_path / "bad.json").write_text("{")
+    assert cli.main(["profile", model, "--schedule", str(tmp_path / "bad.json")]) == 2
+    assert "bad.json: not JSON" in capsys.readouterr().err
