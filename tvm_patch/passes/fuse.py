@@ -204,14 +204,6 @@ def _predicate_accumulators(func, builder: _Builder):
     return func.with_body(tvm_ffi.structural_mutate(func.body, [(s_tir.SBlockRealize, visit)]))
 
 
-def cached_rows(stage: Stage, name: str) -> int:
-    """Rows (along the cached axis) of `name`'s region that the next tile shares with this
-    one: kept and shifted to the front instead of recomputed."""
-    ax = stage.cached_axis
-    span = stage.regions[name][ax]
-    return max(0, span.extent - stage.tile[ax] * span.stride)
-
-
 def _skip_cached_rows(func, builder):
     """With a cached axis, every tile after the first of a run computes only the region rows
     its predecessor did not: the blocks writing a tile buffer (and their accumulators) get
@@ -221,7 +213,7 @@ def _skip_cached_rows(func, builder):
     if ax is None:
         return func
     writers = {name: tensor for name, tensor in builder.tile_writers.items()
-               if cached_rows(stage, tensor)}
+               if stage.kept(tensor)}
 
     def visit(realize, mutator):
         tensor = writers.get(realize.block.name_hint)
@@ -229,7 +221,7 @@ def _skip_cached_rows(func, builder):
             return mutator.default_mutate(realize)
         n, r, q = realize.iter_values[:3]
         index, row = builder.tile_of(n)[ax], (r, q)[ax]
-        fresh = tirx.Or(index == stage.first_tile, row >= cached_rows(stage, tensor))
+        fresh = tirx.Or(index == stage.first_tile, row >= stage.kept(tensor))
         return s_tir.SBlockRealize(realize.iter_values, tirx.all(realize.predicate, fresh),
                                    realize.block)
     return func.with_body(tvm_ffi.structural_mutate(func.body, [(s_tir.SBlockRealize, visit)]))
@@ -278,7 +270,7 @@ def _shift_cached_rows(func, builder, tiles: dict):
     moves = []
     for k, op in enumerate(stage.tiled_ops):
         name = tile_buffer(k)
-        keep = cached_rows(stage, op.outputs[0]) if name in tiles else 0
+        keep = stage.kept(op.outputs[0]) if name in tiles else 0
         if not keep:
             continue
         buf = tiles[name]

@@ -116,6 +116,15 @@ class Stage:
     def mac_overhead(self) -> float:
         return self.macs / self.layer_macs if self.layer_macs else 1.0
 
+    def kept(self, name: str) -> int:
+        """Rows (along the cached axis) of `name`'s region that the next tile shares with
+        this one: kept and shifted to the front instead of recomputed (0 without caching)."""
+        ax = self.cached_axis
+        if ax is None:
+            return 0
+        span = self.regions[name][ax]
+        return max(0, span.extent - self.tile[ax] * span.stride)
+
     def valid(self, name: str, axis: int, tile_index: int) -> tuple:
         """Rows [a, b) of tile `tile_index`'s region of `name` that lie inside the image,
         relative to the region's origin."""
@@ -132,15 +141,16 @@ def tile_buffer(k: int) -> str:
 
 def plan_tiles(stage: Stage, sizes: dict) -> tuple:
     """Offsets of the tile buffers in the stage's workspace, and its size: a tile buffer
-    lives from the operator that writes it to the last one that reads it (within one tile);
-    buffers whose lifetimes do not overlap share bytes."""
+    lives from the operator that writes it to the last one that reads it (within one tile),
+    or for the whole run if it keeps rows for the next tile; buffers whose lifetimes do not
+    overlap share bytes."""
     from .arena import Buffer, place
     bufs, everything = [], len(stage.ops)
     for k, op in enumerate(stage.ops):
         name = tile_buffer(k)
         if name in sizes:
             last = max(j for j, user in enumerate(stage.ops) if op.outputs[0] in user.inputs)
-            if stage.cached_axis is not None:  # it keeps rows for the next tile
+            if stage.kept(op.outputs[0]):  # it keeps rows for the next tile
                 k, last = 0, everything
             bufs.append(Buffer(name, sizes[name], k, last, "scratch"))
     for name in set(sizes) - {b.name for b in bufs}:  # a reduction's sum: for every tile
