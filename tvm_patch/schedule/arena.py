@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import random
+
 import numpy as np
+
 ALIGN = 16  # bytes; every buffer starts on this boundary (TFLite Micro uses 16 as well)
+PLACE_TRIES = 128  # placement orders tried at most (see place)
 
 
 @dataclass
@@ -167,28 +171,41 @@ def _bytes(shape, dtype) -> int:
 
 
 
-def place(buffers: list) -> int:
+def place(buffers: list, tries: int = PLACE_TRIES) -> int:
     """Offsets for buffers whose lifetimes overlap so that no two live buffers share bytes;
     returns the arena size. A buffer with an anchor starts where its anchor starts (an
-    in-place kernel's output over its input) and may overlap it. Greedy placement in
-    several orders (by size as TFLite Micro does, by lifetime, by start), keeping the
-    smallest arena."""
+    in-place kernel's output over its input) and may overlap it. Greedy first-fit placement
+    in several orders (by size as TFLite Micro does, by lifetime, by start), then in seeded
+    random orders, keeping the smallest arena; it stops early at the most bytes live at one
+    step, which no placement can beat. Deterministic: the same buffers, the same offsets."""
     groups = _anchor_groups(buffers)
-    orders = [
+    if not groups:
+        return 0
+    conflicts, sizes = _conflicts(groups), [_size(g) for g in groups]
+    bound = _live_bound(groups)
+    orders = [sorted(range(len(groups)), key=lambda i, key=key: key(groups[i])) for key in (
         lambda g: (-_size(g), _start(g)),
         lambda g: (-sum((b.end - b.start + 1) * b.nbytes for b in g), _start(g)),
         lambda g: (_start(g), -_size(g)),
         lambda g: (-(_end(g) - _start(g)), -_size(g)),
-    ]
+    )]
+    rng = random.Random(len(groups))
     best, best_offsets = None, None
-    for key in orders:
-        offsets = _greedy(sorted(groups, key=key))
-        size = max((offsets[id(b)] + _align(b.nbytes) for b in buffers), default=0)
+    for attempt in range(max(tries, len(orders))):
+        if attempt < len(orders):
+            order = orders[attempt]
+        else:
+            order = list(range(len(groups)))
+            rng.shuffle(order)
+        offsets, size = _greedy(sizes, order, conflicts)
         if best is None or size < best:
             best, best_offsets = size, offsets
-    for b in buffers:
-        b.offset = best_offsets[id(b)]
-    return best or 0
+            if best <= bound:
+                break
+    for k, group in enumerate(groups):
+        for b in group:
+            b.offset = best_offsets[k]
+    return best
 
 
 def _size(group):
@@ -216,22 +233,42 @@ def _anchor_groups(buffers: list) -> list:
     return list(root.values())
 
 
-def _greedy(groups: list) -> dict:
-    offsets, placed = {}, []   # placed: (start, end, lo, hi) of each placed buffer
-    for group in groups:
-        if len(group) == 1:
-            s, e = group[0].start, group[0].end
-            busy = sorted((lo, hi) for start, end, lo, hi in placed if start <= e and s <= end)
-        else:
-            times = [(m.start, m.end) for m in group]
-            busy = sorted((lo, hi) for start, end, lo, hi in placed
-                          if any(start <= e and s <= end for s, e in times))
-        offset, size = 0, _size(group)
+def _conflicts(groups: list) -> list:
+    """For each group, [(j, bytes)]: the groups j live at some same step as it, and how many
+    bytes from its offset group j occupies then (its largest member live at such a step)."""
+    out = []
+    for i, mine in enumerate(groups):
+        row = []
+        for j, other in enumerate(groups):
+            ext = 0 if j == i else max((_align(b.nbytes) for b in other if any(
+                b.start <= m.end and m.start <= b.end for m in mine)), default=0)
+            if ext:
+                row.append((j, ext))
+        out.append(row)
+    return out
+
+
+def _live_bound(groups: list) -> int:
+    """The most aligned bytes live at one step (a group counts its live members' largest):
+    no placement is smaller."""
+    steps = range(min(_start(g) for g in groups), max(_end(g) for g in groups) + 1)
+    return max(sum(max((_align(b.nbytes) for b in g if b.start <= k <= b.end), default=0)
+                   for g in groups) for k in steps)
+
+
+def _greedy(sizes: list, order: list, conflicts: list) -> tuple:
+    """First-fit offsets of the groups (of `sizes` bytes) placed in `order`, and the arena
+    size."""
+    offsets, top = [None] * len(sizes), 0
+    for i in order:
+        size = sizes[i]
+        busy = sorted((offsets[j], offsets[j] + ext) for j, ext in conflicts[i]
+                      if offsets[j] is not None)
+        offset = 0
         for lo, hi in busy:
             if offset + size <= lo:
                 break
             offset = max(offset, hi)
-        for m in group:
-            offsets[id(m)] = offset
-            placed.append((m.start, m.end, offset, offset + _align(m.nbytes)))
-    return offsets
+        offsets[i] = offset
+        top = max(top, offset + size)
+    return offsets, top
