@@ -90,11 +90,13 @@ class Search:
         if len(out.shape) != 4:
             return
         h, w = int(out.shape[1]), int(out.shape[2])
+        # across a cached axis: a few tiles, or tiles a few pixels wide
+        across = lambda n: {g for k in (1, 2, 3, 4, 6, 8) for g in (k, -(-n // k))}  # noqa
         for halo in self.halos:
             if halo[0] == "cache":  # one output row per tile: the fewest rows kept
-                grids = {(h, g) for g in (1, 2, 3, 4, 6, 8, w)} | {(-(-h // 2), 1)}
+                grids = {(h, g) for g in across(w)} | {(-(-h // 2), 1)}
             elif halo[1] == "cache":
-                grids = {(g, w) for g in (1, 2, 3, 4, 6, 8, h)}
+                grids = {(g, w) for g in across(h)}
             else:  # down to one output pixel per tile
                 grids = {(p, p) for p in (*range(2, MAX_PATCHES + 1), 10, 12, 16, 24)} | \
                     {(h, w), (-(-h // 2), -(-w // 2))}
