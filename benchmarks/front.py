@@ -1,9 +1,11 @@
 """The memory / MAC front of fused-block schedules (schedule/search.py) beside msf-CNN's
 published points, per model: search time, cost-query time, every front point with its
 bytes under each rule, and, optionally, the built module's plan checked against the cost
-model and the emulated Cortex-M7's instruction count.
+model (--verify) and, for every front point of these and the other shared models, its
+outputs checked bit-exact with TFLite Micro on the host and with the host on the emulated
+Cortex-M7, with its M7 instruction count (--exact).
 
-    python benchmarks/front.py [--models DIR] [--only NAME] [--verify] [--emulate N]
+    python benchmarks/front.py [--models DIR] [--only NAME] [--verify] [--exact]
 
 Accounting rules (bytes): arena_excl_io = the arena plan without the model input and
 output buffers (msf-CNN's TVM workspace rule); arena = the whole static arena with the
@@ -26,7 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # benchmark the checkout this script belongs to
 
 import tvm_patch  # noqa: E402
-from tvm_patch import zoo  # noqa: E402
+from tvm_patch import reference, zoo  # noqa: E402
 from tvm_patch.analysis.memory import plan_memory  # noqa: E402
 from tvm_patch.frontend import read  # noqa: E402
 from tvm_patch.graph import ModelError  # noqa: E402
@@ -41,6 +43,12 @@ MODELS = {
     "mbv2-w0.35 r144": ("config", "mbv2-w0.35-r144_imagenet.json"),
     "mcunet-in3 r176": ("config", "mcunet-320kb-1mb_imagenet.json"),
 }
+# the other shared models (no published msf-CNN points): fronts checked with --exact
+SHARED = {
+    "mlperf-ic-resnet8-32": ("tflite", "mlperf-ic-resnet8-32.tflite"),
+    "mlperf-kws-dscnn": ("tflite", "mlperf-kws-dscnn.tflite"),
+    "mlperf-vww-mobilenetv1-0.25-96": ("tflite", "mlperf-vww-mobilenetv1-0.25-96.tflite"),
+}
 # msf-CNN (NeurIPS 2025), arena_excl_io rule: (bytes, whole-network MAC factor)
 MSF_CNN = {
     "mcunet-vww1 r80": [(45_283, 1.02), (26_240, 1.11), (20_568, 1.30), (17_904, 1.35),
@@ -53,7 +61,7 @@ MSF_CNN = {
 
 
 def source(models_dir: str, label: str):
-    kind, name = MODELS[label]
+    kind, name = {**MODELS, **SHARED}[label]
     if kind == "config":
         return zoo.build(os.path.join(models_dir, "configs", name))
     return os.path.join(models_dir, name)
@@ -82,13 +90,25 @@ def describe(schedule: Schedule) -> str:
     return f"{len(schedule.blocks)} blocks ({cached} cached) {spans}"
 
 
-def instructions(mod, x) -> int:
+def exact(built, data: bytes, n_inputs: int = 2) -> list:
+    """[host = TFLite Micro, M7 = host, M7 instructions] of a built module: every output
+    byte of the host build equal to TFLite Micro's on `n_inputs` random inputs, and the
+    emulated Cortex-M7's outputs equal to the host's on the first."""
     from tvm_patch import mcu
+    host = tvm_patch.build(built)
+    (shape, dtype), rng = host.input_specs[0], np.random.default_rng(0)
+    xs = [rng.uniform(-1, 1, shape).astype(np.float32) if dtype == "float32" else
+          rng.integers(-128, 128, shape).astype(dtype) for _ in range(n_inputs)]
+    ours = [host.run(x) for x in xs]
+    same = lambda a, b: len(a) == len(b) and all(  # noqa: E731
+        u.dtype == v.dtype and u.shape == v.shape and np.array_equal(u, v) for u, v in zip(a, b))
+    host_ok = all(same(o, reference.run(data, [x])) for o, x in zip(ours, xs))
     with tempfile.TemporaryDirectory() as d:
-        mcu.compile(mod, "qemu-m7", d)
+        mcu.compile(built, "qemu-m7", d)
         with mcu.Session(d) as session:
-            session.run_model(x)
-            return session.counters.instructions
+            m7_ok = same(session.run_model(xs[0]), ours[0])
+            count = session.counters.instructions
+    return ["yes" if host_ok else "NO", "yes" if m7_ok else "NO", f"{count:,}"]
 
 
 def bench(label: str, src, args) -> list:
@@ -113,60 +133,62 @@ def bench(label: str, src, args) -> list:
           f"{search.edges_tried:,} candidate blocks; search {search_s:.1f} s "
           f"(2-core machine, kernel scratch lowering included); one cold cost query "
           f"{min(query_ms):.2f} ms min, {statistics.median(query_ms):.2f} ms median, "
-          f"{max(query_ms):.2f} ms max (a loaded machine adds to all three)")
+          f"{max(query_ms):.2f} ms max (a loaded machine adds to all three)", flush=True)
 
-    emulate = set()
-    if args.emulate and label == "mcunet-vww1 r80":
-        step = max(1, len(front) // args.emulate)
-        emulate = {id(c) for c in front[::step][:args.emulate]} | {id(base)}
-    x = np.random.default_rng(0).uniform(-1, 1, graph.t(graph.inputs[0]).shape).astype(
-        np.float32)
-    layered = tvm_patch.load(src) if (args.verify or emulate) else None
+    data = src if isinstance(src, bytes) else open(src, "rb").read()
+    layered = tvm_patch.load(src) if (args.verify or args.exact) else None
     rows, problems = [], []
-    for cost in [base] + front:
+    for cost in [base] + [c for c in front if c.schedule.blocks]:  # layer by layer once
         int8_cost = model8.cost(on_int8_io(cost.schedule, graph, int8))
         row = [b(cost.arena_excl_io_bytes), b(cost.arena_bytes), b(int8_cost.arena_bytes),
                b(cost.macs), f"{cost.macs_overhead:.3f}"]
-        built = None
-        if args.verify or id(cost) in emulate:
+        if args.verify or args.exact:
             built = PatchBasedInference(cost.schedule)(layered) if cost.schedule.blocks \
                 else layered
             got = (plan_memory(built).arena_bytes, plan_memory(built, True).arena_bytes)
             if got != (cost.arena_bytes, cost.arena_excl_io_bytes):
                 problems.append(f"{label}: {describe(cost.schedule)}: built plan {got}, "
                                 f"cost model {(cost.arena_bytes, cost.arena_excl_io_bytes)}")
-        row.append(f"{instructions(built, x):,}" if id(cost) in emulate else "")
+            if args.exact:
+                row += exact(built, data)
+                if "NO" in row:
+                    problems.append(f"{label}: {describe(cost.schedule)}: not bit-exact")
         rows.append(row + [describe(cost.schedule)])
-    print(table(["arena_excl_io", "arena", "arena int8 io", "MACs", "MAC x",
-                 "M7 instructions", "schedule (first-last op: grid, c = cached)"], rows,
-                left=(6,)))
+    print(table(["arena_excl_io", "arena", "arena int8 io", "MACs", "MAC x"] +
+                (["host = TFLM", "M7 = host", "M7 instructions"] if args.exact else []) +
+                ["schedule (first-last op: grid, c = cached)"], rows,
+                left=(len(rows[0]) - 1,)))
     verdicts = []
-    for nbytes, factor in MSF_CNN[label]:
+    for nbytes, factor in MSF_CNN.get(label, []):
         ours = [c for c in front if c.macs_overhead <= factor] or [base]
         best = min(ours, key=lambda c: c.arena_excl_io_bytes)
         verdicts.append([label, f"{b(nbytes)} @ {factor:.2f}x",
                          f"{b(best.arena_excl_io_bytes)} @ {best.macs_overhead:.3f}x",
                          f"{best.arena_excl_io_bytes / nbytes:.2f}",
                          "at or below" if best.arena_excl_io_bytes <= nbytes else "ABOVE"])
-    if args.verify:
-        print("built modules' plans: " + ("all equal to the cost model" if not problems
-                                          else "\n  " + "\n  ".join(problems)))
+    if args.verify or args.exact:
+        print(("built modules' plans equal the cost model's" +
+               (", every point bit-exact on host and M7" if args.exact else "")) if not
+              problems else "PROBLEMS:\n  " + "\n  ".join(problems), flush=True)
     return verdicts
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=DEFAULT_MODELS, help="the shared models directory")
-    parser.add_argument("--only", choices=list(MODELS), help="one model")
+    parser.add_argument("--only", choices=list(MODELS) + list(SHARED), help="one model")
     parser.add_argument("--verify", action="store_true",
                         help="build every front point and compare its plan with the cost model")
-    parser.add_argument("--emulate", type=int, default=0, metavar="N",
-                        help="mcunet-vww1: instructions of N front points on the emulator")
+    parser.add_argument("--exact", action="store_true",
+                        help="also the other shared models; build every front point, check "
+                             "it bit-exact with TFLite Micro on the host and with the host "
+                             "on the emulated Cortex-M7, and count its M7 instructions")
     args = parser.parse_args()
     print(__doc__.split("\n\n", 2)[2].strip())
     start = time.perf_counter()
     verdicts = []
-    for label in ([args.only] if args.only else MODELS):
+    labels = list(MODELS) + (list(SHARED) if args.exact else [])
+    for label in ([args.only] if args.only else labels):
         verdicts += bench(label, source(args.models, label), args)
     print("\nmsf-CNN's points beside ours (arena_excl_io; ours = the smallest front point "
           "with at most msf-CNN's MAC factor)")

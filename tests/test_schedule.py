@@ -204,6 +204,8 @@ def test_front_is_pareto_and_exact(kws):
     front = search.front("arena")
     assert front and all(c.macs <= d.macs and c.arena_bytes > d.arena_bytes
                          for c, d in zip(front, front[1:]))
+    # a fused block that ties layer by layer in bytes and MACs does not replace it
+    assert not search.front("arena_excl_io")[0].schedule.blocks
     model = CostModel(graph)
     for c in front:  # every point is the cost model's whole-network plan
         again = model.cost(c.schedule)

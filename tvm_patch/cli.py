@@ -428,7 +428,7 @@ def _pareto(args) -> int:
                           "front": [c.as_dict() for c in front]}))
         return 0
     print(f"{'arena':>10} {'excl_io':>10} {'MACs':>12} {'factor':>7}  schedule")
-    for c in [base] + front:
+    for c in [base] + [c for c in front if c.schedule.blocks]:  # layer by layer once
         print(f"{c.arena_bytes:>10,} {c.arena_excl_io_bytes:>10,} {c.macs:>12,} "
               f"{c.macs_overhead:>7.3f}  {c.schedule.describe(graph)}")
     print(f"{len(front)} schedules on the {args.objective} front, searched in {seconds:.1f} s "

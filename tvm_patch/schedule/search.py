@@ -139,18 +139,20 @@ class Search:
                 for peak, macs, blocks in labels.get(e.a, []):
                     found.append((max(peak, e.peak), macs + e.macs,
                                   blocks + ((e.block,) if e.block else ())))
-            labels[b] = _pareto(found, key=lambda t: (t[0], t[1]))
-        exact = []
-        for _, _, blocks in labels.get(cuts[-1], []):
-            schedule = Schedule(blocks, self.fp)
-            exact.append(self.model.cost(schedule))
+            # a tie in bytes and MACs keeps the fewest blocks: the simpler schedule
+            labels[b] = _pareto(found, key=lambda t: (t[0], t[1], len(t[2])))
+        # layer by layer too: the edge peaks estimate, and an exact tie keeps it
+        paths = [()] + [blocks for _, _, blocks in labels.get(cuts[-1], []) if blocks]
+        exact = [self.model.cost(Schedule(blocks, self.fp)) for blocks in paths]
         first = "arena_bytes" if objective == "arena" else "arena_excl_io_bytes"
-        front = _pareto(exact, key=lambda c: (getattr(c, first), c.macs))
+        front = _pareto(exact, key=lambda c: (getattr(c, first), c.macs,
+                                             len(c.schedule.blocks)))
         return sorted(front, key=lambda c: c.macs)
 
 
 def _pareto(items, key) -> list:
-    """The items no other item beats on both coordinates of key (smaller is better)."""
+    """The items no other item beats on both first coordinates of key (smaller is better;
+    among equal ones, the first in key order)."""
     best, kept = None, []
     for item in sorted(items, key=key):
         if best is None or key(item)[1] < best:
