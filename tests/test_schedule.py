@@ -1,5 +1,5 @@
 """Schedules as data: the JSON format and its errors, random multi-block schedules (halo
-caching on and off, pads, residual adds, partial tiles, an iterative global MEAN) built
+caching on and off, pads, pools, residual adds, partial tiles, an iterative global MEAN) built
 bit-exact with TFLite Micro, the cost model equal to the built module's plan, and the
 search's front."""
 
@@ -173,6 +173,26 @@ def test_random_multi_block_schedule_bit_exact_and_cost_exact(spec, data):
     for a, b in zip(ours, reference.run(model, [x])):
         assert a.dtype == b.dtype and a.shape == b.shape
         assert np.array_equal(a, b), f"{int((a != b).sum())}/{a.size} outputs differ"
+
+
+@pytest.mark.parametrize("halo,grid", [(("recompute", "recompute"), (3, 2)),
+                                       (("cache", "recompute"), (4, 2)),
+                                       (("recompute", "cache"), (2, 3))])
+def test_pools_inside_a_block_bit_exact(halo, grid):
+    """Max and average pools in a block test their taps against the image, not the tile:
+    SAME padding at the borders of border tiles, TFLite's in-image tap count."""
+    spec = Spec(13, 11, 3, [Layer("conv", 3, channels=6), Layer("maxpool", 3, 2),
+                            Layer("conv", 3, channels=5), Layer("avgpool", 3)], seed=1)
+    model = build_cnn(spec)
+    graph = read(model)
+    pools = [k for k, op in enumerate(graph.ops) if op.kind in ("max_pool2d", "avg_pool2d")]
+    schedule = Schedule((Block(0, pools[-1], grid, halo),), fingerprint(graph))
+    patched = PatchBasedInference(schedule)(tvm_patch.load(model))
+    assert plan_memory(patched).arena_bytes == CostModel(graph).cost(schedule).arena_bytes
+    compiled = tvm_patch.build(patched)
+    for seed in range(2):
+        x = random_input(graph, seed)
+        assert np.array_equal(compiled.run(x)[0], reference.run(model, [x])[0])
 
 
 def test_global_mean_accumulated_per_tile_bit_exact():

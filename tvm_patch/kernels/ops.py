@@ -276,25 +276,30 @@ def add_mul(op: Op, graph: Graph, xs):
 
 
 def pool(op: Op, graph: Graph, xs):
+    """Average and max pooling over the taps inside the image. In a fused block (fuse.py)
+    x is a tile region: attrs "image_hw" is the whole image's size and "origin"(n) where
+    tile n's region starts in it, so taps are tested against the image, not the tile."""
     x = xs[0]
     out_t = graph.t(op.outputs[0])
     a = op.attrs
     (kh, kw), (sh, sw), (pt, pl) = a["kernel"], a["stride"], a["padding"][:2]
-    _, H, W, _ = x.shape
+    H, W = a.get("image_hw", x.shape[1:3])
+    origin = a.get("origin", lambda n: (0, 0))
     ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
     quantized = _quantized(graph, op)
     lo, hi = _clamp_range(graph, op, a["activation"]) if quantized else \
         Q.float_activation_range(a["activation"])
 
-    def inside(h, w):
+    def inside(n, h, w):
         ih, iw = h * sh + ry - pt, w * sw + rx - pl
-        return tirx.all(ih >= 0, ih < H, iw >= 0, iw < W), ih, iw
+        r0, c0 = origin(n)
+        return tirx.all(r0 + ih >= 0, r0 + ih < H, c0 + iw >= 0, c0 + iw < W), ih, iw
 
     if op.kind == "max_pool2d":
         low = tirx.min_value(x.dtype)
 
         def mx(n, h, w, c):
-            ok, ih, iw = inside(h, w)
+            ok, ih, iw = inside(n, h, w)
             return te.max(tirx.if_then_else(ok, x[n, ih, iw, c], low), axis=[ry, rx])
         acc = te.compute(out_t.shape, mx, name=f"L{op.index}_acc")
         if quantized:
@@ -308,26 +313,28 @@ def pool(op: Op, graph: Graph, xs):
     acc_dtype = I32 if quantized else "float32"
 
     def sm(n, h, w, c):
-        ok, ih, iw = inside(h, w)
+        ok, ih, iw = inside(n, h, w)
         return te.sum(tirx.if_then_else(ok, x[n, ih, iw, c].astype(acc_dtype),
                                         tirx.const(0, acc_dtype)), axis=[ry, rx])
     acc = te.compute(out_t.shape, sm, name=f"L{op.index}_acc")
 
-    def count(h, w):  # TFLite averages over the taps inside the image only
-        y0, x0 = h * sh - pt, w * sw - pl
+    def count(n, h, w):  # TFLite averages over the taps inside the image only
+        r0, c0 = origin(n)
+        y0, x0 = r0 + h * sh - pt, c0 + w * sw - pl
         ny = tirx.min(kh, H - y0) - tirx.max(0, -y0)
         nx = tirx.min(kw, W - x0) - tirx.max(0, -x0)
-        return ny * nx
+        # a tile's region rows outside the image are computed and then masked: never 0
+        return tirx.max(ny * nx, 1) if "origin" in a else ny * nx
 
     if quantized:
         def avg(n, h, w, c):
-            s, cnt = acc[n, h, w, c], count(h, w)
+            s, cnt = acc[n, h, w, c], count(n, h, w)
             q = tirx.Select(s > 0, tirx.truncdiv(s + cnt // 2, cnt),
                             tirx.truncdiv(s - cnt // 2, cnt))
             return clamp(q, lo, hi).astype(out_t.dtype)
     else:
         def avg(n, h, w, c):
-            return _fclamp(acc[n, h, w, c] / count(h, w).astype("float32"), lo, hi)
+            return _fclamp(acc[n, h, w, c] / count(n, h, w).astype("float32"), lo, hi)
     return te.compute(out_t.shape, avg, name=f"L{op.index}_out"), []
 
 

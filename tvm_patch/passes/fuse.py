@@ -23,7 +23,8 @@ from tvm import s_tir, te, tirx
 from ..graph import Graph, ModelError, Op
 from ..kernels.lower import Kernel, allocations, buffer_bytes, compact, into_workspace
 from ..kernels.ops import COMPUTES
-from ..schedule.regions import CONVS, REDUCE_SUM, Stage, plan_tiles, tile_buffer
+from ..schedule.regions import (CONVS, POOLS, REDUCE_SUM, WINDOWED, Stage, plan_tiles,
+                                tile_buffer)
 
 OUT = "P_out"
 SUM, MEAN = REDUCE_SUM, "mean"   # the blocks of kernels/nonlinear.py's MEAN
@@ -94,7 +95,7 @@ class _Builder:
             tag = tile_buffer(k) if tile_buffer(k) in stage.buffers else f"P{k}_view"
             if tag == tile_buffer(k):
                 self.tile_writers[tag] = name
-                if op.kind in CONVS:
+                if op.kind in WINDOWED:
                     self.tile_writers[f"L{k}_acc"] = name
             env[name] = self._mask(name, lambda n, gh, gw, c, r, q, out=out: out[n, r, q, c],
                                    tag)
@@ -112,11 +113,14 @@ class _Builder:
         attrs = {key: v for key, v in op.attrs.items() if key != "inplace"}
         out = stage.regions[op.outputs[0]]
         acts = [n for n in op.inputs if n and not graph.t(n).is_const]
-        if op.kind in CONVS:
+        if op.kind in WINDOWED:
             src = stage.regions[acts[0]]
             off = [src[ax].lo - (out[ax].lo * attrs["stride"][ax] + attrs["padding"][ax])
                    for ax in (0, 1)]
             attrs["padding"] = (-off[0], -off[1], 0, 0)
+            if op.kind in POOLS:  # taps are tested against the image (kernels/ops.py pool)
+                attrs["image_hw"] = tuple(graph.t(acts[0]).shape[1:3])
+                attrs["origin"] = lambda n, name=acts[0]: self._global(name, n, 0, 0)
             xs = [env[acts[0]]]
         else:
             before = [op.attrs["pads"][ax + 1][0] if op.kind == "pad" else 0 for ax in (0, 1)]

@@ -25,8 +25,10 @@ from ..kernels.ops import macs as op_macs
 from .schedule import Block
 
 CONVS = ("conv2d", "depthwise_conv2d")
+POOLS = ("avg_pool2d", "max_pool2d")
+WINDOWED = CONVS + POOLS   # read a window of their input: a halo
 ELEMENTWISE = ("quantize", "relu", "relu6")  # tile in, tile out, same region
-BLOCK_KINDS = CONVS + ELEMENTWISE + ("add", "pad")
+BLOCK_KINDS = WINDOWED + ELEMENTWISE + ("add", "pad")
 REDUCE_SUM = "mean_sum"   # the buffer a block ending in a global MEAN accumulates into
 
 
@@ -249,7 +251,7 @@ def block_ops(graph: Graph, block: Block, consumers: dict | None = None) -> list
         last_reduce = k == len(ops) - 1 and k > 0 and is_global_mean(op, graph)
         if op.kind not in BLOCK_KINDS and not last_reduce:
             raise ModelError(f"{where}: operator {_name(op)} cannot join a fused block (it "
-                             f"holds convolutions, depthwise, pads, adds, element-wise "
+                             f"holds convolutions, depthwise, pools, pads, adds, element-wise "
                              f"operators, and may end with a global MEAN)")
         outside = [n for n in _acts(graph, op) if n not in produced and n != entry]
         if outside:
@@ -293,6 +295,9 @@ def _check_tileable(graph: Graph, op: Op, where: str) -> None:
         if lo >= hi:  # nothing is computed for it, so there is no loop nest to tile
             raise ModelError(f"{where}: operator {_name(op)} has a constant output (its "
                              f"activation range is the single value {lo})")
+    if op.kind in POOLS and op.attrs.get("real_valued"):
+        raise ModelError(f"{where}: operator {_name(op)} pools dequantized values (an ONNX "
+                         f"model's rule) and runs layer by layer")
     if op.kind == "pad":
         x = graph.t(op.inputs[0])
         pads = op.attrs["pads"]
@@ -322,13 +327,13 @@ def _needs(op: Op, graph: Graph, out: tuple) -> tuple:
         pads = op.attrs["pads"]
         return tuple(Span(o.stride, o.lo + pads[ax + 1][0], o.extent)
                      for ax, o in enumerate(out))
-    if op.kind not in CONVS:
+    if op.kind not in WINDOWED:
         return out
     a = op.attrs
-    _, kh, kw, _ = graph.t(op.inputs[1]).shape
+    kh, kw = a["kernel"] if op.kind in POOLS else graph.t(op.inputs[1]).shape[1:3]
     spans = []
     for ax, k in ((0, kh), (1, kw)):
-        s, d, p = a["stride"][ax], a["dilation"][ax], a["padding"][ax]
+        s, d, p = a["stride"][ax], a.get("dilation", (1, 1))[ax], a["padding"][ax]
         o = out[ax]
         spans.append(Span(o.stride * s, o.lo * s + p, (o.extent - 1) * s + (k - 1) * d + 1))
     return tuple(spans)
@@ -363,7 +368,7 @@ def plan_block(graph: Graph, block: Block, consumers: dict | None = None) -> Sta
     regions = {out: (Span(1, 0, tile[0]), Span(1, 0, tile[1]))}
     cached = block.cached.index(True) if any(block.cached) else None
     buffered = [op.outputs[0] for op in tiled_ops
-                if op.kind in CONVS + ("add",) and op.outputs[0] != out]
+                if op.kind in WINDOWED + ("add",) and op.outputs[0] != out]
     for op in reversed(tiled_ops):
         produced = regions[op.outputs[0]]
         if cached is not None and op.outputs[0] in buffered:
