@@ -86,6 +86,20 @@ def test_schedule_for_another_model_or_operators_refused(kws):
         assert pattern in assert_clear(e.value), blocks
 
 
+def test_pass_reuses_the_loaded_kernels(kws, monkeypatch):
+    """Operators outside the blocks keep the kernels tvm_patch.load lowered (found by their
+    graph position attribute): the pass lowers only the blocks."""
+    graph, mod = kws
+    from tvm_patch.passes import emit
+
+    def no_lowering(op, graph):
+        raise AssertionError(f"operator {op.index} lowered again")
+    monkeypatch.setattr(emit, "lower_op", no_lowering)
+    schedule = Schedule((Block(0, 2, (5, 1), ("cache", "recompute")),), fingerprint(graph))
+    patched = PatchBasedInference(schedule)(mod)
+    assert schedule_of(patched) == schedule
+
+
 def test_schedule_of_reads_back_what_was_built(kws):
     graph, mod = kws
     schedule = Schedule((Block(0, 2, (5, 1), ("cache", "recompute")),), fingerprint(graph))

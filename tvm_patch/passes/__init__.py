@@ -24,7 +24,7 @@ from ..schedule import Schedule, choose
 from ..schedule.cost import CostModel
 from ..schedule.regions import plan_stage, stage_ops  # noqa: F401  (public helpers)
 from ..schedule.search import OBJECTIVES
-from .emit import calls_of, graph_of, to_relax
+from .emit import POSITION_ATTR, calls_of, graph_of, to_relax
 
 # a ModelError raised inside the pass reaches the caller as itself, not as a RuntimeError
 tvm_ffi.register_error("ModelError", ModelError)
@@ -64,13 +64,14 @@ def cost_of(mod) -> dict | None:
 
 
 def _kernels_of(mod) -> dict:
-    """The per-operator kernels already in a module, by graph position ("L###_kind")."""
+    """The per-operator kernels already in a module, by graph position (their attribute)."""
     kernels = {}
     _, calls, _ = calls_of(mod)
     for call in calls:
-        if call.func.startswith("L") and call.func[1:4].isdigit():
-            kernels[int(call.func[1:4])] = Kernel(mod[call.func], call.consts, call.macs,
-                                                  call.scratch_bytes, call.workspace)
+        attrs = mod[call.func].attrs if call.func else None
+        if attrs is not None and POSITION_ATTR in attrs:
+            kernels[int(attrs[POSITION_ATTR])] = Kernel(mod[call.func], call.consts, call.macs,
+                                                        call.scratch_bytes, call.workspace)
     return kernels
 
 

@@ -25,6 +25,7 @@ from ..schedule.schedule import Schedule
 from .fuse import lower_stage
 
 GRAPH_ATTR, DATA_ATTR = "tvm_patch.graph", "tvm_patch.graph_data"
+POSITION_ATTR = "tvm_patch.position"  # an operator's kernel: its position in the graph
 
 
 def to_relax(graph: Graph, stages=(), kernels: dict | None = None,
@@ -66,7 +67,8 @@ def to_relax(graph: Graph, stages=(), kernels: dict | None = None,
                     continue
                 kernel = kernels[pos]
                 func = kernel.func.with_attr(
-                    "tvm_patch.inplace", int(bool(op.attrs.get("inplace"))))
+                    "tvm_patch.inplace", int(bool(op.attrs.get("inplace")))).with_attr(
+                    POSITION_ATTR, pos)
                 name = f"L{pos:03d}_{op.kind}"  # source index may repeat (ONNX inserts ops)
                 env[out.name] = _emit_call(bb, name, func, kernel,
                                            [env[n] for n in activation_inputs(op, graph)], out)
