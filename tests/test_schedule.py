@@ -209,6 +209,19 @@ def test_pools_inside_a_block_bit_exact(halo, grid):
         assert np.array_equal(compiled.run(x)[0], reference.run(model, [x])[0])
 
 
+def test_pool_of_dequantized_values_stays_layer_by_layer():
+    """An ONNX QDQ average pool averages floats (onnxruntime's rule): a block refuses it in
+    one line, while an int8 max pool of the same model may join one."""
+    import onnx_models
+    graph = read(onnx_models.pooling_net_qdq().SerializeToString())
+    kinds = [op.kind for op in graph.ops]
+    conv, avg = kinds.index("conv2d"), len(kinds) - 1 - kinds[::-1].index("avg_pool2d")
+    assert plan_block(graph, Block(conv, kinds.index("max_pool2d"), (2, 2))).ops
+    with pytest.raises(ModelError) as e:
+        plan_block(graph, Block(avg - 1, avg, (2, 2)))
+    assert "dequantized values" in assert_clear(e.value)
+
+
 def test_global_mean_accumulated_per_tile_bit_exact():
     """The map before the MEAN never exists whole: the block's workspace holds only tile
     regions and the int32 sum, and the arena is below layer by layer's."""
