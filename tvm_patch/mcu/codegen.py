@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -253,9 +255,12 @@ def _pointer_params(func, _mod, _ctx):
 def kernels_c(mod) -> tuple:
     """(kernels.c text without preamble, prototypes) of the PrimFuncs of a Relax module."""
     funcs = {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tirx.PrimFunc)}
+    names = sorted(funcs)  # the order of TVM's C code generator
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # TVM's passes run outside the GIL
+        sources = list(pool.map(lambda name: kernel_source(name, funcs[name]), names))
     body, prototypes = [], set()
-    for name in sorted(funcs):  # the order of TVM's C code generator
-        text, protos = _split_source(kernel_source(name, funcs[name]))
+    for source in sources:
+        text, protos = _split_source(source)
         body.append(text)
         prototypes.update(protos)
     text = "".join(body)

@@ -11,6 +11,8 @@ which also returns its workspace (the tile buffers): (output, workspace)."""
 from __future__ import annotations
 
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import tvm
@@ -40,13 +42,16 @@ def to_relax(graph: Graph, stages=(), kernels: dict | None = None,
     if schedule is not None and not schedule.layer_by_layer:
         attrs[SCHEDULE_ATTR] = schedule.dumps()
     steps = units(graph, list(stages))
-    # every kernel before the builder opens: an error inside it would leave it unfinished
-    block_kernels = {}
-    for kind, item in steps:
-        if kind == "block":
-            block_kernels[id(item)] = lower_stage(item, graph)
-        elif graph.ops[item].kind != "reshape" and item not in kernels:
-            kernels[item] = lower_op(graph.ops[item], graph)
+    # every kernel before the builder opens (an error inside it would leave it unfinished),
+    # on every core: TVM's lowering runs mostly outside Python's lock
+    blocks = [item for kind, item in steps if kind == "block"]
+    missing = [item for kind, item in steps if kind == "op" and item not in kernels and
+               graph.ops[item].kind != "reshape"]
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        block_kernels = dict(zip(map(id, blocks), pool.map(
+            lambda st: lower_stage(st, graph), blocks)))
+        kernels.update(zip(missing, pool.map(lambda pos: lower_op(graph.ops[pos], graph),
+                                             missing)))
     bb = relax.BlockBuilder()
     params = [relax.Var(_var_name(n), relax.TensorType(graph.t(n).shape, graph.t(n).dtype))
               for n in graph.inputs]

@@ -5,6 +5,9 @@ result, so every bit-exact test of a host run also checks the plan."""
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import tvm
 import tvm_ffi
@@ -63,19 +66,22 @@ def compile_kernels(kernels: dict, target) -> dict:
     """name -> PrimFunc compiled for the host, each kernel alone and cached by its full
     TVMScript text, the target and TVM's version (tvm_patch.cache): a patched model keeps
     the kernels after its stage, and tests and benchmarks build the same models again, so
-    most kernels compile once."""
+    most kernels compile once. Kernels not in the cache compile on every core at once
+    (LLVM's code generation runs outside Python's lock)."""
     target = tvm.target.Target(target)
-    compiled = {}
-    for name, func in kernels.items():
-        mod = tvm.IRModule({"kernel": func.with_attr("global_symbol", "kernel")})
+    mods = {name: tvm.IRModule({"kernel": func.with_attr("global_symbol", "kernel")})
+            for name, func in kernels.items()}
+
+    def build(name):
         if not cache.enabled():
-            compiled[name] = tvm.compile(mod, target=target)["kernel"]
-            continue
-        entry = cache.key("host kernel", tvm.__version__, target, mod.script()) + ".so"
-        path = cache.fetch(entry, lambda p, m=mod: tvm.compile(m, target=target)
+            return tvm.compile(mods[name], target=target)
+        entry = cache.key("host kernel", tvm.__version__, target, mods[name].script()) + ".so"
+        return cache.fetch(entry, lambda p: tvm.compile(mods[name], target=target)
                            .export_library(p))
-        compiled[name] = tvm.runtime.load_module(path)["kernel"]
-    return compiled
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        built = dict(zip(mods, pool.map(build, mods)))
+    return {name: (tvm.runtime.load_module(b) if isinstance(b, str) else b)["kernel"]
+            for name, b in built.items()}
 
 
 def check_inputs(inputs, specs):
