@@ -170,7 +170,6 @@ def _bytes(shape, dtype) -> int:
     return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
 
 
-
 def place(buffers: list, tries: int = PLACE_TRIES) -> int:
     """Offsets for buffers whose lifetimes overlap so that no two live buffers share bytes;
     returns the arena size. A buffer with an anchor starts where its anchor starts (an
