@@ -232,27 +232,34 @@ def _anchor_groups(buffers: list) -> list:
     return list(root.values())
 
 
+def _members(groups: list) -> tuple:
+    """Every group's members as arrays (start, end, aligned bytes), each group's members
+    contiguous, and the index at which each group's members begin."""
+    members = [b for g in groups for b in g]
+    first = np.cumsum([0] + [len(g) for g in groups[:-1]])
+    return (np.array([b.start for b in members]), np.array([b.end for b in members]),
+            np.array([_align(b.nbytes) for b in members], dtype=np.int64), first)
+
+
 def _conflicts(groups: list) -> list:
     """For each group, [(j, bytes)]: the groups j live at some same step as it, and how many
     bytes from its offset group j occupies then (its largest member live at such a step)."""
-    out = []
-    for i, mine in enumerate(groups):
-        row = []
-        for j, other in enumerate(groups):
-            ext = 0 if j == i else max((_align(b.nbytes) for b in other if any(
-                b.start <= m.end and m.start <= b.end for m in mine)), default=0)
-            if ext:
-                row.append((j, ext))
-        out.append(row)
-    return out
+    start, end, size, first = _members(groups)
+    overlap = (start[:, None] <= end[None, :]) & (start[None, :] <= end[:, None])
+    touches = np.add.reduceat(overlap.astype(np.int32), first, axis=0) > 0  # group x member
+    ext = np.maximum.reduceat(touches * size[None, :], first, axis=1)      # group x group
+    np.fill_diagonal(ext, 0)
+    return [[(int(j), int(ext[i, j])) for j in np.flatnonzero(ext[i])]
+            for i in range(len(groups))]
 
 
 def _live_bound(groups: list) -> int:
     """The most aligned bytes live at one step (a group counts its live members' largest):
     no placement is smaller."""
-    steps = range(min(_start(g) for g in groups), max(_end(g) for g in groups) + 1)
-    return max(sum(max((_align(b.nbytes) for b in g if b.start <= k <= b.end), default=0)
-                   for g in groups) for k in steps)
+    start, end, size, first = _members(groups)
+    steps = np.arange(start.min(), end.max() + 1)
+    live = (start[:, None] <= steps[None, :]) & (steps[None, :] <= end[:, None])
+    return int(np.maximum.reduceat(live * size[:, None], first, axis=0).sum(axis=0).max())
 
 
 def _greedy(sizes: list, order: list, conflicts: list) -> tuple:
