@@ -84,7 +84,8 @@ def run_one(bench: Bench, label: str, patched: bool, kinds: dict):
                  if spec["dtype"] == "float32" else
                  rng.integers(-128, 128, spec["shape"]).astype(spec["dtype"]))
             out = session.run_model(x)
-            peer = peer_instructions(bench.models_dir, data, x) if not patched else None
+            peer, peer_layers = peer_instructions(bench.models_dir, data, x) \
+                if not patched else (None, {})
             c = session.counters
             layers = session.project["layers"]
     ref = reference.run(data, [x])
@@ -93,29 +94,37 @@ def run_one(bench: Bench, label: str, patched: bool, kinds: dict):
     for layer, n in zip(layers, c.layer_instructions):
         kind = conv_kind(layer)
         if kind and not patched:
-            k = kinds.setdefault(kind, [0, 0])
+            k = kinds.setdefault(kind, [0, 0, 0, 0])  # ours, MACs, CMSIS-NN, its MACs
             k[0] += n
             k[1] += layer["macs"]
+            if layer.get("index") in peer_layers:
+                k[2] += peer_layers[layer["index"]]
+                k[3] += layer["macs"]
     return {"fw": fw, "instructions": c.instructions, "stack": c.stack_bytes, "macs": macs,
             "exact": exact, "build_s": build_s, "layers": layers,
             "layer_instructions": c.layer_instructions, "peer": peer}, None
 
 
-def peer_instructions(models_dir: str, data: bytes, x) -> int | None:
-    """TFLite Micro + CMSIS-NN's instructions for one inference on the same input, or None
-    when the peer tool is not beside the models."""
+def peer_instructions(models_dir: str, data: bytes, x) -> tuple:
+    """TFLite Micro + CMSIS-NN's instructions for one inference on the same input and per
+    operator ({TFLite operator index: instructions}), or (None, {}) when the peer tool is not
+    beside the models."""
     tool = os.path.join(os.path.dirname(os.path.abspath(models_dir)), "peers", "tflm-m7", "run")
     if not os.path.exists(tool):
-        return None
+        return None, {}
     with tempfile.TemporaryDirectory(prefix="tvmp-peer-") as tmp:
         model, inp = os.path.join(tmp, "m.tflite"), os.path.join(tmp, "x.npy")
         with open(model, "wb") as f:
             f.write(data)
         np.save(inp, x)
-        out = subprocess.run([tool, "--kernels", "cmsis-nn", model, inp], capture_output=True,
-                             text=True, timeout=900)
+        out = subprocess.run([tool, "--kernels", "cmsis-nn", "--layers", model, inp],
+                             capture_output=True, text=True, timeout=900)
     lines = out.stdout.strip().splitlines()
-    return json.loads(lines[-1]).get("instructions") if lines else None
+    if not lines:
+        return None, {}
+    result = json.loads(lines[-1])
+    return result.get("instructions"), {layer["index"]: layer["instructions"]
+                                        for layer in result.get("layer_instructions", [])}
 
 
 def per_layer(bench: Bench, label: str) -> int:
@@ -182,9 +191,13 @@ def main() -> int:
                  "CMSIS-NN instr", "x CMSIS-NN"],
                 rows, left=(0, 1)))
     print("\n".join([""] + notes))
-    print("\nInstructions per MAC by convolution kind (layer by layer, all models above):\n")
-    print(table(["kind", "instructions", "MACs", "instr/MAC"],
-                [[k, b(n), b(m), f"{n / m:.2f}"] for k, (n, m) in sorted(kinds.items())]))
+    print("\nInstructions per MAC by convolution kind (layer by layer, all models above; "
+          "CMSIS-NN: the same operators under TFLite Micro + CMSIS-NN):\n")
+    print(table(["kind", "instructions", "MACs", "instr/MAC", "CMSIS-NN instr/MAC",
+                 "x CMSIS-NN"],
+                [[k, b(n), b(m), f"{n / m:.2f}", f"{p / pm:.2f}" if pm else "",
+                  f"{(n / m) / (p / pm):.2f}" if pm else ""]
+                 for k, (n, m, p, pm) in sorted(kinds.items())]))
     return 1 if failures else 0
 
 

@@ -2,6 +2,7 @@
 plain C, driven through host sessions, outputs bit-exact with TFLite Micro and the host
 build; the firmware's arena equals the plan; budgets, protocol and failure handling."""
 
+import json
 import os
 import shutil
 import struct
@@ -228,7 +229,11 @@ def test_convolutions_use_the_dsp_instructions(resnet8_project):
     import subprocess
     directory, _ = resnet8_project
     kernels = (directory / "kernels.c").read_text()
-    assert kernels.count("tvmp_dot_s8(") >= 6  # every 3x3 conv over 16+ channels, and the FC
+    assert kernels.count("tvmp_conv_s8(") >= 7  # every 3x3 conv and strided 1x1: tvmp_nn.c
+    assert kernels.count("tvmp_dot_s8(") >= 1   # the fully connected layer
+    layers = json.loads((directory / "project.json").read_text())["layers"]
+    assert {layer["c_kernel"] for layer in layers if layer["kind"] == "conv2d"} == \
+        {"tvmp_conv_s8"}
     asm = subprocess.run(["arm-none-eabi-objdump", "-d", str(directory / "build" /
                                                              "firmware.elf")],
                          capture_output=True, text=True, check=True).stdout

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,7 @@ from .. import cache
 from ..analysis.memory import ALIGN, Plan
 from ..graph import ModelError
 from ..kernels.lower import compaction_passes
+from ..kernels.variants import ATTR as VARIANT_ATTR
 
 C_TARGET = tvm.target.Target({"kind": "c"})
 KERNELS_H = """\
@@ -31,27 +33,19 @@ KERNELS_H = """\
 #define TVMP_KERNELS_H
 #include <stdbool.h>
 #include <stdint.h>
-#if defined(__ARM_FEATURE_SIMD32)
-#include <arm_acle.h>
-#endif
+#include "tvmp_nn.h"
 
 /* sum over k < n of (x[k] + offset) * w[k], offset in [-128, 128]: the int8 dot product
- * of convolutions and fully connected layers. On the Cortex-M7 two bytes of each side are
- * widened per instruction (SXTAB16 adds the offset too) and two products accumulated per
- * SMLAD; exact int32 arithmetic either way. */
+ * of convolutions and fully connected layers, two bytes of each side widened per
+ * instruction (SXTAB16 adds the offset too), two products accumulated per SMLAD. */
 static inline int32_t tvmp_dot_s8(int8_t* x, int8_t* w, int32_t n, int32_t offset) {
+  const uint32_t offsets = tvmp_pair(offset);
   int32_t acc = 0, k = 0;
-#if defined(__ARM_FEATURE_SIMD32)
-  const int16x2_t offsets = (int16x2_t)(((uint32_t)(uint16_t)offset << 16) | (uint16_t)offset);
   for (; k + 4 <= n; k += 4) {
-    uint32_t xs, ws;
-    __builtin_memcpy(&xs, x + k, 4);
-    __builtin_memcpy(&ws, w + k, 4);
-    acc = __smlad(__sxtab16(offsets, (int8x4_t)xs), __sxtb16((int8x4_t)ws), acc);
-    acc = __smlad(__sxtab16(offsets, (int8x4_t)((xs >> 8) | (xs << 24))),
-                  __sxtb16((int8x4_t)((ws >> 8) | (ws << 24))), acc);
+    uint32_t xs = tvmp_load32(x + k), ws = tvmp_load32(w + k);
+    acc = tvmp_smlad(tvmp_sxtab16(offsets, xs), tvmp_sxtb16(ws), acc);
+    acc = tvmp_smlad(tvmp_sxtab16_ror8(offsets, xs), tvmp_sxtb16_ror8(ws), acc);
   }
-#endif
   for (; k < n; ++k) acc += ((int32_t)x[k] + offset) * (int32_t)w[k];
   return acc;
 }
@@ -257,7 +251,8 @@ def kernels_c(mod) -> tuple:
     funcs = {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tirx.PrimFunc)}
     names = sorted(funcs)  # the order of TVM's C code generator
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # TVM's passes run outside the GIL
-        sources = list(pool.map(lambda name: kernel_source(name, funcs[name]), names))
+        sources = list(pool.map(lambda name: variant_source(name, funcs[name]) or
+                                kernel_source(name, funcs[name]), names))
     body, prototypes = [], set()
     for source in sources:
         text, protos = _split_source(source)
@@ -290,6 +285,20 @@ def kernel_source(name: str, func: tirx.PrimFunc) -> str:
     entry = cache.key("C kernel", tvm.__version__, _GENERATOR, name, func.script()) + ".c"
     with open(cache.fetch(entry, make)) as f:
         return f.read()
+
+
+def variant_source(name: str, func: tirx.PrimFunc) -> str | None:
+    """A kernel whose PrimFunc names a hand-written C kernel (kernels/variants.py): a
+    function of the PrimFunc's name and parameters calling it, in TVM's output form."""
+    attrs = func.attrs
+    if attrs is None or VARIANT_ATTR not in attrs:
+        return None
+    variant = json.loads(str(attrs[VARIANT_ATTR]))
+    names = [f"p{k}" for k in range(len(func.params))]
+    params = ", ".join(f"void* {p}" for p in names)
+    args = [a if a in names else str(int(a)) for a in variant["args"]]
+    return (f"TVM_DLL void {name}({params});\n"
+            f"TVM_DLL void {name}({params}) {{\n  {variant['name']}({', '.join(args)});\n}}\n")
 
 
 def _split_source(source: str) -> tuple:

@@ -15,6 +15,7 @@ from importlib import resources
 
 from ..analysis.memory import largest_steps, plan_memory
 from ..graph import ModelError
+from ..kernels.variants import ATTR as VARIANT_ATTR
 from .codegen import model_sources, weight_blob
 
 KB = 1024
@@ -40,7 +41,7 @@ BOARDS = {
     "qemu-m7": Board("qemu-m7", 0x00000000, "board_qemu_m7.c",
                      "qemu-system-arm -M mps2-an500 -cpu cortex-m7, UART0"),
 }
-FIRMWARE = ("board.h", "startup.c", "server.c")
+FIRMWARE = ("board.h", "startup.c", "server.c", "tvmp_nn.h", "tvmp_nn.c")
 
 
 @dataclass
@@ -105,15 +106,26 @@ def write_project(mod, target: str, directory, stack_bytes: int = STACK_BYTES,
         "budget": budget, "ram_bytes": ram_bytes, "flash_bytes": flash_bytes,
         "inputs": [_io(plan, n) for n in plan.inputs],
         "outputs": [_io(plan, n) for n in plan.outputs],
-        "layers": [{"func": s.func, "kind": s.op.get("kind", s.func), "macs": s.macs,
-                    "output": s.output, "attrs": s.op.get("attrs", {}),
-                    "weights": list(plan.constants[s.consts[0]].shape) if s.consts else None}
+        "layers": [{"func": s.func, "kind": s.op.get("kind", s.func), "index": s.op.get("index"),
+                    "macs": s.macs, "output": s.output, "attrs": s.op.get("attrs", {}),
+                    "weights": list(plan.constants[s.consts[0]].shape) if s.consts else None,
+                    "c_kernel": _c_kernel(mod, s.func)}
                    for s in plan.steps],
         "breakdown": breakdown,
     }
     with open(os.path.join(directory, "project.json"), "w") as f:
         json.dump(description, f, indent=1)
     return description
+
+
+def _c_kernel(mod, func: str) -> str | None:
+    """The hand-written C kernel a step runs (kernels/variants.py), None for TVM's C."""
+    try:
+        attrs = mod[func].attrs
+    except (KeyError, ValueError):
+        return None
+    return json.loads(str(attrs[VARIANT_ATTR]))["name"] \
+        if attrs is not None and VARIANT_ATTR in attrs else None
 
 
 def _io(plan, name) -> dict:
@@ -158,11 +170,11 @@ OBJCOPY = arm-none-eabi-objcopy
 CFLAGS = {CFLAGS} -O3 -std=c11 -ffp-contract=off -ffunction-sections -fdata-sections -Wall -Wno-maybe-uninitialized
 LDFLAGS = -T firmware.ld -nostartfiles --specs=nano.specs --specs=nosys.specs \\
           -Wl,--gc-sections -Wl,-Map=build/firmware.map
-SOURCES = startup.c board.c server.c model.c kernels.c weights.S
+SOURCES = startup.c board.c server.c model.c kernels.c tvmp_nn.c weights.S
 
 all: build/firmware.elf
 
-build/firmware.elf: $(SOURCES) weights.bin board.h tvmp_model.h tvmp_kernels.h firmware.ld
+build/firmware.elf: $(SOURCES) weights.bin board.h tvmp_model.h tvmp_kernels.h tvmp_nn.h firmware.ld
 \tmkdir -p build
 \t$(CC) $(CFLAGS) $(SOURCES) $(LDFLAGS) -lm -o $@
 

@@ -1,0 +1,99 @@
+"""The hand-written C kernels of the firmware (tvm_patch/mcu/firmware/tvmp_nn.c), compiled
+for this host (their SIMD helpers then run as plain C), against TFLite Micro one layer at a
+time: random shapes, strides, paddings, kernel sizes and quantization (adversarial included),
+every layer the kernel can run, not only those the default choice gives it. The firmware
+tests (test_mcu.py) run the same source with the DSP instructions on the emulated M7."""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import os
+import subprocess
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings, strategies as st
+
+from random_cnn import QUANTS, Layer, Spec, build
+from tvm_patch import reference
+from tvm_patch.frontend import read
+from tvm_patch.kernels.lower import lower_op
+from tvm_patch.kernels.variants import c_kernel
+
+FIRMWARE = os.path.join(os.path.dirname(__file__), "..", "tvm_patch", "mcu", "firmware")
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("tvmp_nn") / "libtvmp_nn.so")
+    subprocess.run(["gcc", "-O2", "-std=c11", "-Wall", "-Werror", "-shared", "-fPIC", "-o", path,
+                    os.path.join(FIRMWARE, "tvmp_nn.c")], check=True)
+    return ctypes.CDLL(path)
+
+
+@st.composite
+def layers(draw):
+    kind = draw(st.sampled_from(["conv", "dw"]))
+    layer = Layer(kind, activation=draw(st.sampled_from(["NONE", "RELU", "RELU6"])))
+    layer.kernel = draw(st.sampled_from([1, 3, 5, 7] if kind == "conv" else [3, 5, 7]))
+    layer.stride = draw(st.sampled_from([1, 2]))
+    layer.padding = draw(st.sampled_from(["SAME", "VALID"]))
+    if kind == "conv":
+        layer.channels = draw(st.integers(1, 13))
+    h, w = draw(st.integers(1, 19)), draw(st.integers(1, 19))
+    if layer.padding == "VALID":
+        h, w = max(h, layer.kernel), max(w, layer.kernel)
+    return Spec(h, w, draw(st.integers(1, 11)), [layer], seed=draw(st.integers(0, 2**31 - 1)),
+                quant=draw(st.sampled_from(QUANTS)))
+
+
+def run_c(library, data: bytes, x: np.ndarray, in_place: bool) -> np.ndarray | None:
+    """The model's one layer by its C kernel (None: the kernel cannot run it)."""
+    graph = read(data)
+    (op,) = [op for op in graph.ops if op.kind in ("conv2d", "depthwise_conv2d")]
+    kernel = lower_op(op, graph)
+    n_params = 6
+    if op.kind == "depthwise_conv2d":  # as if in place: the kernel then takes its plane
+        op = dataclasses.replace(op, attrs={**op.attrs, "inplace": True})
+        n_params = 7
+    variant = c_kernel(op, graph, n_params, int(np.prod(x.shape[1:3])), default=False)
+    if variant is None:
+        return None
+    out = graph.t(op.outputs[0])
+    x = np.ascontiguousarray(x)
+    y = x if in_place else np.zeros(out.shape, np.int8)
+    plane = np.zeros(int(np.prod(x.shape[1:3])), np.int8)
+    params = [x, *[np.ascontiguousarray(c) for c in kernel.consts], y, plane]
+    args = [params[int(a[1:])].ctypes.data_as(ctypes.c_void_p) if isinstance(a, str)
+            else ctypes.c_int32(a) for a in variant["args"]]
+    getattr(library, variant["name"])(*args)
+    return y.reshape(out.shape)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=layers(), in_place=st.booleans())
+def test_c_kernel_matches_tflite_micro(library, spec, in_place):
+    data = build(spec)
+    graph = read(data)
+    shape = graph.t(graph.inputs[0]).shape
+    out_shape = graph.t(graph.outputs[0]).shape
+    in_place = in_place and spec.layers[0].kind == "dw" and tuple(shape) == tuple(out_shape)
+    x = np.random.default_rng(spec.seed).integers(-128, 128, shape).astype(np.int8)
+    expected = reference.run(data, [x])[0]
+    got = run_c(library, data, x.copy(), in_place)
+    assume(got is not None)  # a multiplier at INT32_MIN stays on TVM's C
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_default_choice_keeps_small_depthwise_layers_on_tvm_c():
+    spec = Spec(6, 6, 4, [Layer("conv", channels=4), Layer("dw", kernel=3)], seed=1)
+    graph = read(build(spec))
+    dw = next(op for op in graph.ops if op.kind == "depthwise_conv2d")
+    assert dw.attrs.get("inplace")
+    assert c_kernel(dw, graph, 7, 36) is None
+    assert c_kernel(dw, graph, 7, 36, default=False)["name"] == "tvmp_depthwise_s8"
+    big = read(build(Spec(12, 12, 4, [Layer("conv", channels=4), Layer("dw", kernel=3)], seed=1)))
+    dw = next(op for op in big.ops if op.kind == "depthwise_conv2d")
+    assert c_kernel(dw, big, 7, 144)["name"] == "tvmp_depthwise_s8"
+    assert c_kernel(dw, big, 7, 143) is None  # its plane would not fit the workspace

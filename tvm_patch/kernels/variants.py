@@ -1,0 +1,76 @@
+"""Which hand-written C kernel (mcu/firmware/tvmp_nn.c) runs an operator on the
+microcontroller in place of the TVM-generated C of its PrimFunc, and with which arguments.
+The choice is data: a JSON attribute of the operator's PrimFunc ("tvm_patch.c_kernel"),
+{"name": C function, "args": [...]}, each argument "p<k>" (the PrimFunc's k-th parameter)
+or an integer. The host (LLVM) always runs the TIR, so every firmware run checks the
+C kernels against it."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..graph import Graph, Op
+from ..quant import INT32_MIN, activation_range, quantize_multipliers
+
+ATTR = "tvm_patch.c_kernel"
+# the C depthwise kernel works a channel at a time (a plane copy and weight tables per
+# channel): on the emulated M7 it takes 8.3-11.7 instructions per MAC at 12x12 to 48x48
+# outputs against TVM's 12.2-14.1, but 16-31 at 6x6 and 3x3 against 9.7-11.9, and 15.6
+# against 12.4 at 25x5 (most windows cut by the sides)
+DEPTHWISE_MIN_SIDE = 8
+# the C convolution takes each window row (kernel width x input channels bytes) as one dot
+# product: MLPerf VWW's 3x3 first layer (9 bytes a row) 6.06 -> 4.48 instructions per MAC,
+# ResNet-8's 3x3 layers 2.73 -> 2.68, but KWS's 10x4 on one channel (4 bytes) 8.26 -> 9.43
+CONV_MIN_ROW = 8
+
+
+def c_kernel(op: Op, graph: Graph, n_params: int, workspace: int = 0,
+             default: bool = True) -> dict | None:
+    """The C kernel for `op` (whose PrimFunc has `n_params` parameters: activations, weights,
+    bias, multipliers, shifts, output, then its workspace of `workspace` bytes if any), or
+    None to keep TVM's C.
+    default=True: the default choice, from the layer's shape and quantization alone (where
+    the C kernel is known to be faster); False: whenever the C kernel can run the layer."""
+    if op.kind not in ("conv2d", "depthwise_conv2d") or not _int8(op, graph) or \
+            n_params < 6 or tuple(op.attrs["dilation"]) != (1, 1):
+        return None
+    x, wt, y = (graph.t(n) for n in (op.inputs[0], op.inputs[1], op.outputs[0]))
+    a = op.attrs
+    n, h, w, c = (int(d) for d in x.shape)
+    lo, hi = activation_range(a["activation"], y.quant.s, y.quant.zp, y.dtype)
+    quant = [-int(x.quant.zp), int(y.quant.zp), int(lo), int(hi)]
+    tensors = [f"p{k}" for k in range(6)]  # x, w, bias, mult, shift, y
+    if op.kind == "conv2d" and tuple(wt.shape[1:3]) == (1, 1) and \
+            tuple(a["stride"]) == (1, 1) and wt.shape[3] == c:
+        return {"name": "tvmp_conv1x1_s8", "args": tensors + [n * h * w, c, int(wt.shape[0])]
+                + quant}
+    _, oh, ow, _ = (int(d) for d in y.shape)
+    if op.kind == "conv2d" and wt.shape[3] == c and n == 1 and \
+            (wt.shape[2] * c >= CONV_MIN_ROW or not default):
+        return {"name": "tvmp_conv_s8", "args": tensors + [
+            h, w, c, oh, ow, int(wt.shape[0]), int(wt.shape[1]), int(wt.shape[2]),
+            *map(int, a["stride"]), int(a["padding"][0]), int(a["padding"][1])] + quant}
+    if op.kind == "depthwise_conv2d" and a["depth_multiplier"] == 1 and n == 1 and \
+            max(wt.shape[1], wt.shape[2]) <= 7 and \
+            (min(oh, ow) >= DEPTHWISE_MIN_SIDE or not default):
+        if not (a.get("inplace") and n_params == 7 and workspace >= h * w):  # the plane
+            return None
+        return {"name": "tvmp_depthwise_s8", "args": tensors + [
+            "p6", h, w, c, oh, ow, int(wt.shape[1]), int(wt.shape[2]), *map(int, a["stride"]),
+            int(a["padding"][0]), int(a["padding"][1])] + quant}
+    return None
+
+
+def _int8(op: Op, graph: Graph) -> bool:
+    """int8 activations and weights, weights symmetric, and no multiplier at INT32_MIN (the
+    one that saturates, which the C requantization leaves out)."""
+    x, wt, y = (graph.t(n) for n in (op.inputs[0], op.inputs[1], op.outputs[0]))
+    if not (x.dtype == y.dtype == wt.dtype == "int8" and x.quant and y.quant and wt.quant):
+        return False
+    if np.any(wt.quant.zero_point != 0) or len(op.inputs) < 3:
+        return False
+    n_out = int(y.shape[3])
+    scales = np.float64(x.quant.s) * np.broadcast_to(
+        wt.quant.scale.astype(np.float64), (n_out,)) / np.float64(y.quant.s)
+    mult, _ = quantize_multipliers(scales)
+    return not np.any(mult == INT32_MIN)

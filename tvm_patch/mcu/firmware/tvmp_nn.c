@@ -1,0 +1,363 @@
+/* tvm_patch's hand-written int8 kernels (see tvmp_nn.h). */
+#include "tvmp_nn.h"
+
+/* sum_c x[c] * w[c] for two inputs and two weight rows at once (2x2 register block):
+ * each 4-byte load is widened once and feeds four SMLADs. */
+static inline void dot_2x2(const int8_t* x0, const int8_t* x1, const int8_t* w0,
+                           const int8_t* w1, int32_t n, int32_t* acc) {
+  int32_t a00 = acc[0], a01 = acc[1], a10 = acc[2], a11 = acc[3];
+  const int8_t* end = x0 + (n & ~3);
+  while (x0 != end) {
+    uint32_t xa = tvmp_load32(x0), wa = tvmp_load32(w0);
+    x0 += 4, w0 += 4;
+    uint32_t xa_e = tvmp_sxtb16(xa), xa_o = tvmp_sxtb16_ror8(xa);
+    uint32_t w_e = tvmp_sxtb16(wa), w_o = tvmp_sxtb16_ror8(wa);
+    a00 = tvmp_smlad(xa_e, w_e, a00);
+    a00 = tvmp_smlad(xa_o, w_o, a00);
+    uint32_t xb = tvmp_load32(x1);
+    x1 += 4;
+    uint32_t xb_e = tvmp_sxtb16(xb), xb_o = tvmp_sxtb16_ror8(xb);
+    a10 = tvmp_smlad(xb_e, w_e, a10);
+    a10 = tvmp_smlad(xb_o, w_o, a10);
+    uint32_t wb = tvmp_load32(w1);
+    w1 += 4;
+    w_e = tvmp_sxtb16(wb);
+    w_o = tvmp_sxtb16_ror8(wb);
+    a01 = tvmp_smlad(xa_e, w_e, a01);
+    a01 = tvmp_smlad(xa_o, w_o, a01);
+    a11 = tvmp_smlad(xb_e, w_e, a11);
+    a11 = tvmp_smlad(xb_o, w_o, a11);
+  }
+  for (int32_t k = 0; k < (n & 3); ++k) {
+    a00 += x0[k] * w0[k];
+    a01 += x0[k] * w1[k];
+    a10 += x1[k] * w0[k];
+    a11 += x1[k] * w1[k];
+  }
+  acc[0] = a00, acc[1] = a01, acc[2] = a10, acc[3] = a11;
+}
+
+/* the same for one input and one weight row */
+static inline int32_t dot_1x1(const int8_t* x, const int8_t* w, int32_t n, int32_t acc) {
+  int32_t k = 0;
+  for (; k + 4 <= n; k += 4) {
+    uint32_t xv = tvmp_load32(x + k), wv = tvmp_load32(w + k);
+    acc = tvmp_smlad(tvmp_sxtb16(xv), tvmp_sxtb16(wv), acc);
+    acc = tvmp_smlad(tvmp_sxtb16_ror8(xv), tvmp_sxtb16_ror8(wv), acc);
+  }
+  for (; k < n; ++k) acc += x[k] * w[k];
+  return acc;
+}
+
+/* bias + offset * sum_c w[c]: the input offset's share of a dot product, so the inner loops
+ * multiply raw bytes (exact: int32 sums wrap the same in any order) */
+static inline int32_t with_offset(int32_t bias, const int8_t* w, int32_t n, int32_t offset) {
+  int32_t sum = 0;
+  for (int32_t k = 0; k < n; ++k) sum += w[k];
+  return (int32_t)((uint32_t)bias + (uint32_t)sum * (uint32_t)offset);
+}
+
+void tvmp_conv1x1_s8(const int8_t* x, const int8_t* w, const int32_t* bias,
+                     const int32_t* mult, const int32_t* shift, int8_t* y, int32_t positions,
+                     int32_t cin, int32_t cout, int32_t in_offset, int32_t out_offset,
+                     int32_t lo, int32_t hi) {
+  int32_t o = 0;
+  for (; o + 2 <= cout; o += 2) {  /* two weight rows against every position */
+    const int8_t* w0 = w + o * cin;
+    const int32_t b0 = with_offset(bias[o], w0, cin, in_offset);
+    const int32_t b1 = with_offset(bias[o + 1], w0 + cin, cin, in_offset);
+    const tvmp_rq_t q0 = tvmp_rq(mult[o], shift[o]), q1 = tvmp_rq(mult[o + 1], shift[o + 1]);
+    int32_t p = 0;
+    for (; p + 2 <= positions; p += 2) {
+      const int8_t* x0 = x + p * cin;
+      int8_t* y0 = y + p * cout + o;
+      int32_t acc[4] = {b0, b1, b0, b1};
+      dot_2x2(x0, x0 + cin, w0, w0 + cin, cin, acc);
+      y0[0] = tvmp_out_s8(acc[0], q0, out_offset, lo, hi);
+      y0[1] = tvmp_out_s8(acc[1], q1, out_offset, lo, hi);
+      y0[cout] = tvmp_out_s8(acc[2], q0, out_offset, lo, hi);
+      y0[cout + 1] = tvmp_out_s8(acc[3], q1, out_offset, lo, hi);
+    }
+    if (p < positions) {
+      const int8_t* x0 = x + p * cin;
+      int8_t* y0 = y + p * cout + o;
+      y0[0] = tvmp_out_s8(dot_1x1(x0, w0, cin, b0), q0, out_offset, lo, hi);
+      y0[1] = tvmp_out_s8(dot_1x1(x0, w0 + cin, cin, b1), q1, out_offset, lo, hi);
+    }
+  }
+  if (o < cout) {  /* an odd last weight row */
+    const int8_t* w0 = w + o * cin;
+    const int32_t b0 = with_offset(bias[o], w0, cin, in_offset);
+    const tvmp_rq_t q0 = tvmp_rq(mult[o], shift[o]);
+    for (int32_t p = 0; p < positions; ++p)
+      y[p * cout + o] = tvmp_out_s8(dot_1x1(x + p * cin, w0, cin, b0), q0, out_offset, lo, hi);
+  }
+}
+
+/* Depthwise convolution, one channel at a time from a copy of its plane. Every output whose
+ * window is clipped by at most one side horizontally runs the same SIMD window as the
+ * interior: a "column class" holds the channel's weights shifted left past the taps cut off
+ * on the left (the window then starts at the image's first column), or with the taps past
+ * the right edge zeroed; rows cut off at the top or bottom are skipped. The input offset's
+ * share of each sum is folded into its start value, per class and row range. */
+
+#define DW_MAX_K 7
+#define DW_CLASSES (2 * DW_MAX_K - 1)  /* whole, cut on the left by 1..6, on the right by 1..6 */
+
+typedef struct {
+  uint32_t wp[DW_CLASSES][DW_MAX_K][4];  /* per class and row: taps as int16 pairs */
+  int32_t sum[DW_CLASSES][DW_MAX_K];     /* per class and row: the sum of its taps */
+  int8_t wk[DW_MAX_K * DW_MAX_K];        /* the channel's taps */
+} depthwise_weights_t;
+
+/* one output, the window clipped on any side (scalar; windows wider than the image) */
+static int32_t depthwise_clipped(const int8_t* plane, const int8_t* wk, int32_t h, int32_t wd,
+                                 int32_t iy, int32_t ix, int32_t kh, int32_t kw,
+                                 int32_t in_offset, int32_t acc) {
+  int32_t ky0 = iy < 0 ? -iy : 0, ky1 = h - iy < kh ? h - iy : kh;
+  int32_t kx0 = ix < 0 ? -ix : 0, kx1 = wd - ix < kw ? wd - ix : kw;
+  for (int32_t ky = ky0; ky < ky1; ++ky) {
+    const int8_t* p = plane + (iy + ky) * wd + ix;
+    const int8_t* k = wk + ky * kw;
+    for (int32_t kx = kx0; kx < kx1; ++kx) acc += (p[kx] + in_offset) * k[kx];
+  }
+  return acc;
+}
+
+/* sum over `rows` window rows of the taps (wp, per row [w0 w1] [w2 w3] ...) times the kw
+ * bytes at p: each row as int16 pairs (SXTB16, PKHBT) into SMLAD, an odd last tap by
+ * SMLATB. It reads 4 bytes per row (8 for kw == 7). rows and kw are constants where it is
+ * inlined, so the rows unroll. */
+static inline __attribute__((always_inline)) int32_t depthwise_window(
+    const int8_t* p, const uint32_t (*wp)[4], int32_t wd, int32_t rows, int32_t kw,
+    int32_t acc) {
+  for (int32_t ky = 0; ky < rows; ++ky, p += wd, ++wp) {
+    uint32_t v = tvmp_load32(p);
+    uint32_t e = tvmp_sxtb16(v), o = tvmp_sxtb16_ror8(v);      /* [x0 x2], [x1 x3] */
+    acc = tvmp_smlad(tvmp_pkhbt16(e, o), (*wp)[0], acc);       /* x0 w0 + x1 w1 */
+    if (kw == 3) {
+      acc = tvmp_smlatb(e, (*wp)[1], acc);                     /* x2 w2 */
+      continue;
+    }
+    acc = tvmp_smlad(tvmp_pkhtb16(o, e), (*wp)[1], acc);       /* x2 w2 + x3 w3 */
+    if (kw == 5) {
+      acc += p[4] * (int16_t)(*wp)[2];
+      continue;
+    }
+    v = tvmp_load32(p + 4);                                    /* kw == 7 */
+    e = tvmp_sxtb16(v), o = tvmp_sxtb16_ror8(v);
+    acc = tvmp_smlad(tvmp_pkhbt16(e, o), (*wp)[2], acc);
+    acc = tvmp_smlatb(e, (*wp)[3], acc);
+  }
+  return acc;
+}
+
+typedef struct {
+  const int8_t* plane;
+  int8_t* y;
+  int32_t h, wd, c, oh, ow, kh, kw, stride_h, stride_w, pad_top, pad_left;
+  int32_t x0, x1;           /* columns of outputs whose window is not cut horizontally */
+  int32_t in_offset, out_offset, lo, hi;
+} depthwise_t;
+
+/* the class of a window cut to taps [kx0, kx1) */
+static inline int32_t depthwise_class(int32_t kx0, int32_t kx1, int32_t kw) {
+  return kx0 > 0 ? kx0 : kx1 < kw ? DW_MAX_K - 1 + kw - kx1 : 0;
+}
+
+static void depthwise_tables(depthwise_weights_t* t, const int8_t* w, int32_t c, int32_t kh,
+                             int32_t kw, int32_t cut) {
+  for (int32_t i = 0; i < kh * kw; ++i) t->wk[i] = w[i * c];
+  for (int32_t k = 0; k <= cut; ++k) {
+    for (int32_t side = 0; side < (k ? 2 : 1); ++side) {
+      int32_t kx0 = side == 0 ? k : 0, kx1 = side == 0 ? kw : kw - k;
+      int32_t cls = depthwise_class(kx0, kx1, kw);
+      for (int32_t ky = 0; ky < kh; ++ky) {
+        int32_t taps[8] = {0}, sum = 0;
+        for (int32_t kx = kx0; kx < kx1; ++kx) sum += taps[kx - kx0] = t->wk[ky * kw + kx];
+        for (int32_t j = 0; j < 4; ++j)
+          t->wp[cls][ky][j] = (uint32_t)(uint16_t)taps[2 * j] |
+                              ((uint32_t)(uint16_t)taps[2 * j + 1] << 16);
+        t->sum[cls][ky] = sum;
+      }
+    }
+  }
+}
+
+/* one channel; kh, kw constants where inlined */
+static inline __attribute__((always_inline)) void depthwise_channel(
+    const depthwise_t* d, int32_t ch, const depthwise_weights_t* t, int32_t bias,
+    tvmp_rq_t q, int32_t kh, int32_t kw) {
+  const int32_t h = d->h, wd = d->wd, c = d->c, ow = d->ow, sw = d->stride_w;
+  const int32_t reach = kw == 7 ? 8 : 4;  /* bytes depthwise_window reads per row */
+  for (int32_t oy = 0; oy < d->oh; ++oy) {
+    const int32_t iy = oy * d->stride_h - d->pad_top;
+    const int32_t ky0 = iy < 0 ? -iy : 0, ky1 = h - iy < kh ? h - iy : kh;
+    const int32_t rows = ky1 - ky0;
+    const int8_t* base = d->plane + (iy + ky0) * wd;
+    const int32_t last = (rows - 1) * wd;  /* from base: the start of the last row read */
+    int8_t* out = d->y + oy * ow * c + ch;
+    int32_t x1 = d->x1;  /* the interior, its last row's reads inside the plane */
+    while (x1 > d->x0 && (iy + ky1 - 1) * wd + (x1 - 1) * sw - d->pad_left + reach > h * wd)
+      --x1;
+    for (int32_t ox = 0; ox < ow; ++ox) {
+      const int32_t ix = ox * sw - d->pad_left;
+      int32_t acc;
+      if (ox >= d->x0 && ox < x1) {  /* a run of uncut windows */
+        int32_t start = bias;
+        for (int32_t ky = ky0; ky < ky1; ++ky) start += t->sum[0][ky] * d->in_offset;
+        const int8_t* p = base + ix;
+        if (rows == kh) {
+          for (; ox < x1; ++ox, p += sw)
+            out[ox * c] = tvmp_out_s8(depthwise_window(p, t->wp[0], wd, kh, kw, start), q,
+                                      d->out_offset, d->lo, d->hi);
+        } else {
+          for (; ox < x1; ++ox, p += sw)
+            out[ox * c] = tvmp_out_s8(depthwise_window(p, t->wp[0] + ky0, wd, rows, kw, start),
+                                      q, d->out_offset, d->lo, d->hi);
+        }
+        --ox;
+        continue;
+      }
+      const int32_t kx0 = ix < 0 ? -ix : 0, kx1 = wd - ix < kw ? wd - ix : kw;
+      if ((kx0 > 0 && kx1 < kw) || last + ix + kx0 + reach > (h - iy - ky0) * wd) {
+        acc = depthwise_clipped(d->plane, t->wk, h, wd, iy, ix, kh, kw, d->in_offset, bias);
+      } else {
+        const int32_t cls = depthwise_class(kx0, kx1, kw);
+        int32_t start = bias;
+        for (int32_t ky = ky0; ky < ky1; ++ky) start += t->sum[cls][ky] * d->in_offset;
+        acc = depthwise_window(base + ix + kx0, t->wp[cls] + ky0, wd, rows, kw, start);
+      }
+      out[ox * c] = tvmp_out_s8(acc, q, d->out_offset, d->lo, d->hi);
+    }
+  }
+}
+
+void tvmp_depthwise_s8(const int8_t* x, const int8_t* w, const int32_t* bias,
+                       const int32_t* mult, const int32_t* shift, int8_t* y, int8_t* plane,
+                       int32_t h, int32_t wd, int32_t c, int32_t oh, int32_t ow, int32_t kh,
+                       int32_t kw, int32_t stride_h, int32_t stride_w, int32_t pad_top,
+                       int32_t pad_left, int32_t in_offset, int32_t out_offset, int32_t lo,
+                       int32_t hi) {
+  depthwise_t d = {plane, y, h, wd, c, oh, ow, kh, kw, stride_h, stride_w, pad_top, pad_left,
+                   0, 0, in_offset, out_offset, lo, hi};
+  const int simd = (kw == 3 || kw == 5 || kw == 7) && kh <= DW_MAX_K;
+  /* columns of outputs whose window is not cut horizontally */
+  d.x0 = (pad_left + stride_w - 1) / stride_w;
+  d.x1 = (wd - kw + pad_left) / stride_w + 1;
+  d.x1 = d.x1 < ow ? d.x1 : ow;
+  if (d.x1 < d.x0) d.x1 = d.x0;
+  /* the deepest horizontal cut of any window (its class tables are built) */
+  int32_t right = (ow - 1) * stride_w - pad_left + kw - wd;
+  int32_t cut = pad_left > right ? pad_left : right;
+  cut = cut < 0 ? 0 : cut > kw - 1 ? kw - 1 : cut;
+  depthwise_weights_t t;  /* 1.9 KB of the stack region, whose high-water mark is measured */
+  for (int32_t ch = 0; ch < c; ++ch) {
+    for (int32_t i = 0; i < h * wd; ++i) plane[i] = x[i * c + ch];  /* before y overwrites it */
+    const tvmp_rq_t q = tvmp_rq(mult[ch], shift[ch]);
+    if (!simd) {
+      for (int32_t i = 0; i < kh * kw; ++i) t.wk[i] = w[i * c + ch];
+      for (int32_t oy = 0; oy < oh; ++oy)
+        for (int32_t ox = 0; ox < ow; ++ox)
+          y[(oy * ow + ox) * c + ch] = tvmp_out_s8(
+              depthwise_clipped(plane, t.wk, h, wd, oy * stride_h - pad_top,
+                                ox * stride_w - pad_left, kh, kw, in_offset, bias[ch]),
+              q, out_offset, lo, hi);
+      continue;
+    }
+    depthwise_tables(&t, w + ch, c, kh, kw, cut);
+    if (kh == 3 && kw == 3)
+      depthwise_channel(&d, ch, &t, bias[ch], q, 3, 3);
+    else if (kh == 5 && kw == 5)
+      depthwise_channel(&d, ch, &t, bias[ch], q, 5, 5);
+    else if (kh == 7 && kw == 7)
+      depthwise_channel(&d, ch, &t, bias[ch], q, 7, 7);
+    else
+      depthwise_channel(&d, ch, &t, bias[ch], q, kh, kw);
+  }
+}
+
+/* sum_c w[c] over n bytes */
+static inline int32_t weight_sum(const int8_t* w, int32_t n) {
+  int32_t sum = 0;
+  for (int32_t k = 0; k < n; ++k) sum += w[k];
+  return sum;
+}
+
+/* one output of a convolution whose window may be cut by the image's sides: the rows and
+ * columns of taps inside, each row's taps (kx..kx1 by all channels) contiguous in x and w */
+static int32_t conv_clipped(const int8_t* x, const int8_t* w, int32_t h, int32_t wd,
+                            int32_t cin, int32_t kh, int32_t kw, int32_t iy, int32_t ix,
+                            int32_t in_offset, int32_t acc) {
+  const int32_t ky0 = iy < 0 ? -iy : 0, ky1 = h - iy < kh ? h - iy : kh;
+  const int32_t kx0 = ix < 0 ? -ix : 0, kx1 = wd - ix < kw ? wd - ix : kw;
+  const int32_t n = (kx1 - kx0) * cin;
+  for (int32_t ky = ky0; ky < ky1; ++ky) {
+    const int8_t* wr = w + (ky * kw + kx0) * cin;
+    acc = dot_1x1(x + ((iy + ky) * wd + ix + kx0) * cin, wr, n, acc);
+    acc += weight_sum(wr, n) * in_offset;
+  }
+  return acc;
+}
+
+void tvmp_conv_s8(const int8_t* x, const int8_t* w, const int32_t* bias, const int32_t* mult,
+                  const int32_t* shift, int8_t* y, int32_t h, int32_t wd, int32_t cin,
+                  int32_t oh, int32_t ow, int32_t cout, int32_t kh, int32_t kw,
+                  int32_t stride_h, int32_t stride_w, int32_t pad_top, int32_t pad_left,
+                  int32_t in_offset, int32_t out_offset, int32_t lo, int32_t hi) {
+  const int32_t row = kw * cin, taps = kh * kw * cin;
+  /* outputs whose window lies inside the image: rows [y0, y1), columns [x0, x1) */
+  const int32_t y0 = (pad_top + stride_h - 1) / stride_h, x0 = (pad_left + stride_w - 1) / stride_w;
+  int32_t y1 = (h - kh + pad_top) / stride_h + 1, x1 = (wd - kw + pad_left) / stride_w + 1;
+  y1 = y1 < oh ? (y1 < y0 ? y0 : y1) : oh;
+  x1 = x1 < ow ? (x1 < x0 ? x0 : x1) : ow;
+  for (int32_t o = 0; o < cout; o += 2) {
+    const int pair = o + 1 < cout;  /* an odd last channel runs as its own pair */
+    const int8_t* w0 = w + o * taps;
+    const int8_t* w1 = pair ? w0 + taps : w0;
+    const int32_t b0 = bias[o], b1 = pair ? bias[o + 1] : b0;
+    const int32_t s0 = with_offset(b0, w0, taps, in_offset);
+    const int32_t s1 = with_offset(b1, w1, taps, in_offset);
+    const tvmp_rq_t q0 = tvmp_rq(mult[o], shift[o]);
+    const tvmp_rq_t q1 = pair ? tvmp_rq(mult[o + 1], shift[o + 1]) : q0;
+    for (int32_t oy = 0; oy < oh; ++oy) {
+      const int32_t iy = oy * stride_h - pad_top;
+      int8_t* out = y + oy * ow * cout + o;
+      const int inside = oy >= y0 && oy < y1;
+      for (int32_t ox = 0; ox < ow;) {
+        const int32_t ix = ox * stride_w - pad_left;
+        if (inside && ox >= x0 && ox + 1 < x1) {  /* two uncut windows, two channels */
+          int32_t acc[4] = {s0, s1, s0, s1};
+          const int8_t* xa = x + (iy * wd + ix) * cin;
+          const int8_t* xb = xa + stride_w * cin;
+          for (int32_t ky = 0; ky < kh; ++ky)
+            dot_2x2(xa + ky * wd * cin, xb + ky * wd * cin, w0 + ky * row, w1 + ky * row, row,
+                    acc);
+          out[ox * cout] = tvmp_out_s8(acc[0], q0, out_offset, lo, hi);
+          out[(ox + 1) * cout] = tvmp_out_s8(acc[2], q0, out_offset, lo, hi);
+          if (pair) {
+            out[ox * cout + 1] = tvmp_out_s8(acc[1], q1, out_offset, lo, hi);
+            out[(ox + 1) * cout + 1] = tvmp_out_s8(acc[3], q1, out_offset, lo, hi);
+          }
+          ox += 2;
+          continue;
+        }
+        int32_t a0, a1;
+        if (inside && ox >= x0 && ox < x1) {
+          const int8_t* xa = x + (iy * wd + ix) * cin;
+          a0 = s0, a1 = s1;
+          for (int32_t ky = 0; ky < kh; ++ky) {
+            a0 = dot_1x1(xa + ky * wd * cin, w0 + ky * row, row, a0);
+            a1 = dot_1x1(xa + ky * wd * cin, w1 + ky * row, row, a1);
+          }
+        } else {
+          a0 = conv_clipped(x, w0, h, wd, cin, kh, kw, iy, ix, in_offset, b0);
+          a1 = conv_clipped(x, w1, h, wd, cin, kh, kw, iy, ix, in_offset, b1);
+        }
+        out[ox * cout] = tvmp_out_s8(a0, q0, out_offset, lo, hi);
+        if (pair) out[ox * cout + 1] = tvmp_out_s8(a1, q1, out_offset, lo, hi);
+        ++ox;
+      }
+    }
+  }
+}

@@ -1,0 +1,145 @@
+/* tvm_patch's hand-written int8 kernels for the Cortex-M7, chosen per layer in place of the
+ * TVM-generated C where a layer matches (tvm_patch/kernels/variants.py decides). Every
+ * kernel is exact int32 arithmetic with TFLite's requantization, bit-exact with the
+ * TVM-generated kernels it replaces. The SIMD helpers below are the ARM DSP instructions on
+ * the target and plain C elsewhere, so the same code also runs (and is tested) on a host. */
+#ifndef TVMP_NN_H
+#define TVMP_NN_H
+#include <stdint.h>
+
+#if defined(__ARM_FEATURE_SIMD32)
+#include <arm_acle.h>
+/* two int8 lanes (bytes 0 and 2) sign-extended to int16 halves, plus the halves of a */
+static inline uint32_t tvmp_sxtab16(uint32_t a, uint32_t b) {
+  return (uint32_t)__sxtab16((int16x2_t)a, (int8x4_t)b);
+}
+static inline uint32_t tvmp_sxtb16(uint32_t b) { return (uint32_t)__sxtb16((int8x4_t)b); }
+/* acc + a.lo * b.lo + a.hi * b.hi over int16 halves */
+static inline int32_t tvmp_smlad(uint32_t a, uint32_t b, int32_t acc) {
+  return __smlad((int16x2_t)a, (int16x2_t)b, acc);
+}
+/* the same of bytes 1 and 3 (the rotation folded into the instruction) */
+static inline uint32_t tvmp_sxtab16_ror8(uint32_t a, uint32_t b) {
+  uint32_t r;
+  __asm__("sxtab16 %0, %1, %2, ror #8" : "=r"(r) : "r"(a), "r"(b));
+  return r;
+}
+static inline uint32_t tvmp_sxtb16_ror8(uint32_t b) {
+  uint32_t r;
+  __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(b));
+  return r;
+}
+/* [a.lo b.lo] and [a.hi b.hi]: int16 halves of two registers packed into one */
+static inline uint32_t tvmp_pkhbt16(uint32_t a, uint32_t b) {
+  uint32_t r;
+  __asm__("pkhbt %0, %1, %2, lsl #16" : "=r"(r) : "r"(a), "r"(b));
+  return r;
+}
+static inline uint32_t tvmp_pkhtb16(uint32_t a, uint32_t b) {
+  uint32_t r;
+  __asm__("pkhtb %0, %1, %2, asr #16" : "=r"(r) : "r"(a), "r"(b));
+  return r;
+}
+/* acc + a.hi * b.lo */
+static inline int32_t tvmp_smlatb(uint32_t a, uint32_t b, int32_t acc) {
+  return __smlatb((int32_t)a, (int32_t)b, acc);
+}
+#else
+static inline uint32_t tvmp_sxtab16(uint32_t a, uint32_t b) {
+  uint16_t lo = (uint16_t)((int16_t)a + (int8_t)b);
+  uint16_t hi = (uint16_t)((int16_t)(a >> 16) + (int8_t)(b >> 16));
+  return (uint32_t)lo | ((uint32_t)hi << 16);
+}
+static inline uint32_t tvmp_sxtb16(uint32_t b) { return tvmp_sxtab16(0, b); }
+static inline int32_t tvmp_smlad(uint32_t a, uint32_t b, int32_t acc) {
+  return acc + (int16_t)a * (int16_t)b + (int16_t)(a >> 16) * (int16_t)(b >> 16);
+}
+static inline uint32_t tvmp_sxtab16_ror8(uint32_t a, uint32_t b) {
+  return tvmp_sxtab16(a, (b >> 8) | (b << 24));
+}
+static inline uint32_t tvmp_sxtb16_ror8(uint32_t b) { return tvmp_sxtb16((b >> 8) | (b << 24)); }
+static inline uint32_t tvmp_pkhbt16(uint32_t a, uint32_t b) {
+  return (a & 0xffffu) | (b << 16);
+}
+static inline uint32_t tvmp_pkhtb16(uint32_t a, uint32_t b) {
+  return (a & 0xffff0000u) | (b >> 16);
+}
+static inline int32_t tvmp_smlatb(uint32_t a, uint32_t b, int32_t acc) {
+  return acc + (int16_t)(a >> 16) * (int16_t)b;
+}
+#endif
+
+static inline uint32_t tvmp_load32(const int8_t* p) {
+  uint32_t v;
+  __builtin_memcpy(&v, p, 4);  /* one LDR: the Cortex-M7 reads unaligned words */
+  return v;
+}
+
+/* two offsets in int16 halves: the input zero point's negation, added by SXTAB16 */
+static inline uint32_t tvmp_pair(int32_t offset) {
+  return ((uint32_t)(uint16_t)offset << 16) | (uint16_t)offset;
+}
+
+/* MultiplyByQuantizedMultiplier(acc, mult, shift) as TFLite's reference kernels compute it,
+ * split into what depends on the channel (tvmp_rq, once per channel) and what depends on
+ * the accumulator (tvmp_rq_apply): a left shift that wraps in int32 (modulo 32),
+ * SaturatingRoundingDoublingHighMul, then RoundingDivideByPOT. TFLite's nudged division
+ * truncates toward zero; for every int64 product p, trunc((p + nudge(p)) / 2^31) equals
+ * (p + 2^30) >> 31 (arithmetic), one 64-bit add and shift. Only mult == INT32_MIN can
+ * saturate, and kernels/variants.py keeps such layers on TVM's C. */
+typedef struct {
+  int32_t mult, left, right, mask, half;
+} tvmp_rq_t;
+
+static inline tvmp_rq_t tvmp_rq(int32_t mult, int32_t shift) {
+  tvmp_rq_t q;
+  q.mult = mult;
+  q.left = shift > 0 ? (shift & 31) : 0;
+  q.right = shift > 0 ? 0 : -shift;
+  q.mask = (int32_t)((1u << q.right) - 1u);
+  q.half = q.mask >> 1;
+  return q;
+}
+
+static inline int32_t tvmp_rq_apply(int32_t acc, tvmp_rq_t q) {
+  int32_t x = (int32_t)((uint32_t)acc << q.left);
+  int32_t h = (int32_t)(((int64_t)x * q.mult + (1ll << 30)) >> 31);
+  int32_t threshold = q.half + (int32_t)((uint32_t)h >> 31);
+  return (h >> q.right) + ((h & q.mask) > threshold);
+}
+
+static inline int8_t tvmp_out_s8(int32_t acc, tvmp_rq_t q, int32_t out_offset, int32_t lo,
+                                 int32_t hi) {
+  int32_t v = tvmp_rq_apply(acc, q) + out_offset;
+  v = v < lo ? lo : v;
+  return (int8_t)(v > hi ? hi : v);
+}
+
+/* 1x1 convolution, stride 1, over `positions` pixels (NHWC, weights OHWI):
+ * y[p][o] = clamp(requantize(bias[o] + sum_c (x[p][c] + in_offset) * w[o][c]) + out_offset) */
+void tvmp_conv1x1_s8(const int8_t* x, const int8_t* w, const int32_t* bias,
+                     const int32_t* mult, const int32_t* shift, int8_t* y, int32_t positions,
+                     int32_t cin, int32_t cout, int32_t in_offset, int32_t out_offset,
+                     int32_t lo, int32_t hi);
+
+/* convolution, dilation 1, any kernel and stride (NHWC, weights OHWI, input channels
+ * matching), taps outside the image skipped: each window row (kw * cin bytes) is one
+ * contiguous dot product, two output channels and two positions at a time */
+void tvmp_conv_s8(const int8_t* x, const int8_t* w, const int32_t* bias, const int32_t* mult,
+                  const int32_t* shift, int8_t* y, int32_t h, int32_t wd, int32_t cin,
+                  int32_t oh, int32_t ow, int32_t cout, int32_t kh, int32_t kw,
+                  int32_t stride_h, int32_t stride_w, int32_t pad_top, int32_t pad_left,
+                  int32_t in_offset, int32_t out_offset, int32_t lo, int32_t hi);
+
+/* depthwise convolution, depth multiplier 1, dilation 1 (NHWC, weights 1 x kh x kw x c),
+ * taps outside the image skipped (TFLite's padding). Each channel of x is copied into
+ * `plane` (h * w bytes) before that channel of y is written, so y may be x itself (in
+ * place), and windows read contiguous rows. */
+void tvmp_depthwise_s8(const int8_t* x, const int8_t* w, const int32_t* bias,
+                       const int32_t* mult, const int32_t* shift, int8_t* y, int8_t* plane,
+                       int32_t h, int32_t wd, int32_t c, int32_t oh, int32_t ow, int32_t kh,
+                       int32_t kw, int32_t stride_h, int32_t stride_w, int32_t pad_top,
+                       int32_t pad_left, int32_t in_offset, int32_t out_offset, int32_t lo,
+                       int32_t hi);
+
+#endif
