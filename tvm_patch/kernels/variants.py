@@ -31,7 +31,7 @@ def c_kernel(op: Op, graph: Graph, n_params: int, workspace: int = 0,
     None to keep TVM's C.
     default=True: the default choice, from the layer's shape and quantization alone (where
     the C kernel is known to be faster); False: whenever the C kernel can run the layer."""
-    if op.kind not in ("conv2d", "depthwise_conv2d") or not _int8(op, graph) or \
+    if op.kind not in ("conv2d", "depthwise_conv2d") or not _requantizes_in_c(op, graph) or \
             n_params < 6 or tuple(op.attrs["dilation"]) != (1, 1):
         return None
     x, wt, y = (graph.t(n) for n in (op.inputs[0], op.inputs[1], op.outputs[0]))
@@ -61,7 +61,7 @@ def c_kernel(op: Op, graph: Graph, n_params: int, workspace: int = 0,
     return None
 
 
-def _int8(op: Op, graph: Graph) -> bool:
+def _requantizes_in_c(op: Op, graph: Graph) -> bool:
     """int8 activations and weights, weights symmetric, and no multiplier at INT32_MIN (the
     one that saturates, which the C requantization leaves out)."""
     x, wt, y = (graph.t(n) for n in (op.inputs[0], op.inputs[1], op.outputs[0]))
