@@ -118,7 +118,8 @@ def test_zoo_model_on_emulator(key, patched, tmp_path):
 @given(spec=simd_cnns(), data=st.data())
 def test_random_cnn_on_emulator_bit_exact(spec, data, tmp_path_factory):
     """Random small CNNs (channel counts around the SIMD dot product's 8 and its 4-byte
-    steps), layer by layer or under a random patch schedule, on the emulated Cortex-M7."""
+    steps), layer by layer or under a random patch schedule, with random kernel choices
+    (hand-written C or TVM's C) for the convolutions outside blocks, on the emulated M7."""
     from tvm_patch.frontend import read
     from tvm_patch.passes import stage_ops
     model = build_cnn(spec)
@@ -132,6 +133,7 @@ def test_random_cnn_on_emulator_bit_exact(spec, data, tmp_path_factory):
                 st.integers(2, 3), label="patches"))(mod)
         except ModelError as e:  # no such stage in this net: layer by layer
             event(f"no stage: {str(e).split(':')[0]}")
+    mod = _random_kernel_choices(mod, model, data)
     directory = tmp_path_factory.mktemp("cnn")
     _firmware(mod, directory)
     dots = (directory / "kernels.c").read_text().count("tvmp_dot_s8(")
@@ -140,6 +142,32 @@ def test_random_cnn_on_emulator_bit_exact(spec, data, tmp_path_factory):
           "layer by layer")
     with mcu.Session(directory) as session:
         assert_bit_exact(model, OnDevice(session), n=1, seed=spec.seed)
+
+
+def _random_kernel_choices(mod, model, data):
+    """The module rebuilt with a random kernel choice (C, TVM's C or the default) for every
+    convolution outside its blocks: every knob setting must stay bit-exact."""
+    import dataclasses
+    from tvm_patch.frontend import read
+    from tvm_patch.kernels.lower import lower_op
+    from tvm_patch.kernels.variants import c_kernel
+    from tvm_patch.schedule import schedule_of
+    schedule, graph = schedule_of(mod), read(model)
+    inside = {p for b in schedule.blocks for p in range(b.first, b.last + 1)}
+    choices = {}
+    for pos, op in enumerate(graph.ops):
+        if op.kind not in ("conv2d", "depthwise_conv2d") or pos in inside:
+            continue
+        kernel = lower_op(op, graph)
+        runs_in_c = c_kernel(op, graph, len(kernel.func.params), kernel.scratch_bytes,
+                             default=False) is not None
+        choice = data.draw(st.sampled_from(["default", "tvm"] + ["c"] * runs_in_c),
+                           label=f"kernel at {pos}")
+        if choice != "default":
+            choices[pos] = choice
+    event("C kernels chosen" if "c" in choices.values() else "no C kernel chosen")
+    return PatchBasedInference(dataclasses.replace(schedule, kernels=tuple(choices.items())))(
+        mod) if choices else mod
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -36,9 +36,11 @@ def assert_clear(error) -> str:
 
 def test_schedule_json_round_trip():
     s = Schedule((Block(7, 9, (3, 1), ("cache", "recompute")), Block(0, 4, (2, 2))),
-                 "0123456789abcdef", "int8")
+                 "0123456789abcdef", "int8", kernels=((12, "tvm"), (5, "c")))
     assert [b.first for b in s.blocks] == [0, 7]  # kept in graph order
+    assert s.kernels == ((5, "c"), (12, "tvm"))
     assert parse(s.dumps()) == s
+    assert "kernels 5 c, 12 tvm" in s.describe()
     assert parse(json.dumps(s.to_dict())).to_dict() == s.to_dict()
 
 
@@ -57,6 +59,10 @@ def test_schedule_json_round_trip():
      '"grid": [2, 2], "halo": ["cache", "keep"]}]}', "must be two of recompute, cache"),
     ('{"format": "tvm_patch.schedule", "version": 1, "io_type": "int4", "blocks": []}',
      "io_type"),
+    ('{"format": "tvm_patch.schedule", "version": 1, "blocks": [], "kernels": {"2": "fast"}}',
+     "\"kernels\" must map operator positions to one of c, tvm"),
+    ('{"format": "tvm_patch.schedule", "version": 1, "blocks": [], "kernels": [2]}',
+     "\"kernels\" must map"),
 ])
 def test_bad_schedule_text_is_one_line_error(text, pattern):
     with pytest.raises(ModelError) as e:
@@ -84,6 +90,39 @@ def test_schedule_for_another_model_or_operators_refused(kws):
         with pytest.raises(ModelError) as e:
             PatchBasedInference(Schedule(blocks, fp))(mod)
         assert pattern in assert_clear(e.value), blocks
+
+
+def test_kernel_choices_are_applied_recorded_and_checked(kws):
+    """Schedule.kernels picks the C kernel or TVM's C per convolution; the choice lands on
+    the operator's PrimFunc (what the firmware generator reads), is read back with the
+    schedule, is undone by a later schedule without it, and names bad layers in one line."""
+    from tvm_patch.kernels.variants import ATTR
+
+    graph, mod = kws
+
+    def chosen(m):
+        return {int(f.attrs["tvm_patch.position"]): ATTR in f.attrs
+                for _, f in m.functions.items()
+                if f.attrs is not None and "tvm_patch.position" in f.attrs}
+
+    default = chosen(mod)
+    assert default[2] and not default[0] and not default[1]  # 1x1 in C; 10x4 and 25x5 not
+    fp = fingerprint(graph)
+    schedule = Schedule((), fp, kernels=((0, "c"), (1, "c"), (2, "tvm")))
+    picked = PatchBasedInference(schedule)(mod)
+    assert chosen(picked) == {**default, 0: True, 1: True, 2: False}
+    assert schedule_of(picked) == schedule
+    assert chosen(PatchBasedInference(Schedule((), fp))(picked)) == default
+    for kernels, pattern in [(((9, "c"),), "not a convolution"),
+                             (((1, "c"),), "runs inside a fused block")]:
+        with pytest.raises(ModelError) as e:
+            PatchBasedInference(Schedule((Block(0, 2, (5, 1)),), fp, kernels=kernels))(mod)
+        assert pattern in assert_clear(e.value)
+    dilated = build_cnn(Spec(9, 9, 4, [Layer("conv", kernel=3, dilation=2, channels=4)]))
+    position = next(k for k, op in enumerate(read(dilated).ops) if op.kind == "conv2d")
+    with pytest.raises(ModelError) as e:
+        PatchBasedInference(Schedule(kernels=((position, "c"),)))(tvm_patch.load(dilated))
+    assert "no C kernel runs it" in assert_clear(e.value)
 
 
 def test_pass_reuses_the_loaded_kernels(kws, monkeypatch):

@@ -13,7 +13,6 @@ from tvm import s_tir, te, tirx
 
 from ..graph import Graph, ModelError, Op
 from .ops import COMPUTES, macs
-from .variants import ATTR as VARIANT_ATTR, c_kernel
 
 
 @dataclass
@@ -47,9 +46,6 @@ def lower_op(op: Op, graph: Graph) -> Kernel:
     scratch = scratch_bytes(func)
     if scratch:
         func = _scratch_into_workspace(func)
-    variant = c_kernel(op, graph, len(func.params), scratch)
-    if variant is not None:
-        func = func.with_attr(VARIANT_ATTR, json.dumps(variant))
     return Kernel(func, [arr for _, arr in consts], macs(op, graph), scratch, bool(scratch))
 
 

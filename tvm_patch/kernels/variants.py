@@ -1,15 +1,18 @@
 """Which hand-written C kernel (mcu/firmware/tvmp_nn.c) runs an operator on the
 microcontroller in place of the TVM-generated C of its PrimFunc, and with which arguments.
-The choice is data: a JSON attribute of the operator's PrimFunc ("tvm_patch.c_kernel"),
-{"name": C function, "args": [...]}, each argument "p<k>" (the PrimFunc's k-th parameter)
-or an integer. The host (LLVM) always runs the TIR, so every firmware run checks the
+The choice is data: a schedule may name it per layer (Schedule.kernels), else the default
+below applies; the emitter records it as a JSON attribute of the operator's PrimFunc
+("tvm_patch.c_kernel"), {"name": C function, "args": [...]}, each argument "p<k>" (the
+PrimFunc's k-th parameter) or an integer. The host (LLVM) always runs the TIR, so every firmware run checks the
 C kernels against it."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
-from ..graph import Graph, Op
+from ..graph import Graph, ModelError, Op
 from ..quant import INT32_MIN, activation_range, quantize_multipliers
 
 ATTR = "tvm_patch.c_kernel"
@@ -59,6 +62,23 @@ def c_kernel(op: Op, graph: Graph, n_params: int, workspace: int = 0,
             "p6", h, w, c, oh, ow, int(wt.shape[1]), int(wt.shape[2]), *map(int, a["stride"]),
             int(a["padding"][0]), int(a["padding"][1])] + quant}
     return None
+
+
+def with_choice(func, op: Op, graph: Graph, workspace: int, choice: str | None):
+    """The operator's PrimFunc with its kernel choice as its attribute: "c", "tvm", or None
+    for the default; a ModelError when "c" names a layer no C kernel runs."""
+    if func.attrs is not None and ATTR in func.attrs:
+        func = func.without_attr(ATTR)
+    if choice == "tvm":
+        return func
+    spec = c_kernel(op, graph, len(func.params), workspace, default=choice is None)
+    if spec is None and choice is None:
+        return func
+    if spec is None:
+        raise ModelError(f"operator {op.source or op.kind} at index {op.index}: no C kernel runs "
+                         f"it (the schedule asks for \"c\"); C kernels run int8 convolutions "
+                         f"with dilation 1 and in-place depthwise layers up to 7x7")
+    return func.with_attr(ATTR, json.dumps(spec))
 
 
 def _requantizes_in_c(op: Op, graph: Graph) -> bool:

@@ -20,6 +20,7 @@ from tvm import relax
 
 from ..graph import Graph, ModelError, to_record
 from ..kernels.lower import activation_inputs, lower_op
+from ..kernels.variants import with_choice
 from ..schedule.arena import Call
 from ..schedule.cost import units
 from ..schedule.schedule import ATTR as SCHEDULE_ATTR
@@ -39,8 +40,9 @@ def to_relax(graph: Graph, stages=(), kernels: dict | None = None,
     attrs = {"global_symbol": "main", "tvm_patch.model": graph.name, GRAPH_ATTR: record["json"],
              DATA_ATTR: {k: tvm.runtime.tensor(np.ascontiguousarray(v))
                          for k, v in record["data"].items()}}
-    if schedule is not None and not schedule.layer_by_layer:
+    if schedule is not None and (schedule.blocks or schedule.kernels):
         attrs[SCHEDULE_ATTR] = schedule.dumps()
+    choices = dict(schedule.kernels) if schedule is not None else {}
     steps = units(graph, list(stages))
     # every kernel before the builder opens (an error inside it would leave it unfinished),
     # on every core: TVM's lowering runs mostly outside Python's lock
@@ -52,6 +54,9 @@ def to_relax(graph: Graph, stages=(), kernels: dict | None = None,
             lambda st: lower_stage(st, graph), blocks)))
         kernels.update(zip(missing, pool.map(lambda pos: lower_op(graph.ops[pos], graph),
                                              missing)))
+    chosen = {pos: with_choice(kernels[pos].func, graph.ops[pos], graph,
+                               kernels[pos].scratch_bytes, choices.get(pos))
+              for kind, pos in steps if kind == "op" and graph.ops[pos].kind != "reshape"}
     bb = relax.BlockBuilder()
     params = [relax.Var(_var_name(n), relax.TensorType(graph.t(n).shape, graph.t(n).dtype))
               for n in graph.inputs]
@@ -71,7 +76,7 @@ def to_relax(graph: Graph, stages=(), kernels: dict | None = None,
                                             name_hint=_var_name(out.name))
                     continue
                 kernel = kernels[pos]
-                func = kernel.func.with_attr(
+                func = chosen[pos].with_attr(
                     "tvm_patch.inplace", int(bool(op.attrs.get("inplace")))).with_attr(
                     POSITION_ATTR, pos)
                 name = f"L{pos:03d}_{op.kind}"  # source index may repeat (ONNX inserts ops)

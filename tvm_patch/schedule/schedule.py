@@ -3,7 +3,8 @@ This module is the only one that reads or writes a schedule's JSON; the pass, th
 search and (later) the tuner and the NAS all exchange `Schedule` objects.
 
     {"format": "tvm_patch.schedule", "version": 1, "model": "3f1c...", "io_type": null,
-     "blocks": [{"first": 0, "last": 12, "grid": [4, 4], "halo": ["recompute", "cache"]}]}
+     "blocks": [{"first": 0, "last": 12, "grid": [4, 4], "halo": ["recompute", "cache"]}],
+     "kernels": {"14": "c", "16": "tvm"}}
 
 A block fuses the operators at graph positions first..last (inclusive, contiguous, in the
 order of tvm_patch.read's graph) into one loop nest over a grid of output tiles (rows,
@@ -12,7 +13,10 @@ its neighbour again) or "cache" (the rows shared with the previous tile along th
 kept from it, not recomputed). Its output is handed on whole, except when its last operator
 is a global reduction (MEAN over H and W): then the tiles accumulate into it and the map
 before it never exists whole. No blocks means layer by layer. `model` fingerprints the graph
-the schedule was made for, so one made for another model is refused."""
+the schedule was made for, so one made for another model is refused. `kernels` (optional)
+overrides, per convolution outside the blocks (by graph position), which code runs it on the
+microcontroller: "c" our hand-written kernel (mcu/firmware/tvmp_nn.c), "tvm" TVM's generated
+C; unnamed layers get kernels/variants.py's default choice. Kernels change no memory."""
 
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from ..graph import Graph, ModelError
 
 FORMAT, VERSION = "tvm_patch.schedule", 1
 HALOS = ("recompute", "cache")
+KERNELS = ("c", "tvm")
 ATTR = "tvm_patch.schedule"   # where a patched module's `main` records its schedule
 
 
@@ -49,9 +54,12 @@ class Schedule:
     model: str = ""                      # fingerprint(graph) of the model it was made for
     io_type: str | None = None           # None: the model's own; "int8": integer I/O
     note: str = field(default="", compare=False)
+    kernels: tuple = ()                  # ((position, "c" | "tvm"), ...): kernel overrides
 
     def __post_init__(self):
         object.__setattr__(self, "blocks", tuple(sorted(self.blocks, key=lambda b: b.first)))
+        object.__setattr__(self, "kernels", tuple(sorted(
+            (int(p), str(k)) for p, k in dict(self.kernels).items())))
 
     @property
     def layer_by_layer(self) -> bool:
@@ -61,15 +69,18 @@ class Schedule:
         return {"format": FORMAT, "version": VERSION, "model": self.model,
                 "io_type": self.io_type,
                 "blocks": [{"first": b.first, "last": b.last, "grid": list(b.grid),
-                            "halo": list(b.halo)} for b in self.blocks]}
+                            "halo": list(b.halo)} for b in self.blocks],
+                "kernels": {str(p): k for p, k in self.kernels}}
 
     def dumps(self) -> str:
         return json.dumps(self.to_dict())
 
     def describe(self, graph: Graph | None = None) -> str:
         """One line for people: the blocks with their operators' source names."""
+        kernels = "; kernels " + ", ".join(f"{p} {k}" for p, k in self.kernels) \
+            if self.kernels else ""
         if not self.blocks:
-            return "layer by layer"
+            return "layer by layer" + kernels
         parts = []
         for b in self.blocks:
             span = f"ops {b.first}-{b.last}"
@@ -80,7 +91,7 @@ class Schedule:
             halo = "" if b.halo == ("recompute", "recompute") else \
                 f", halo {'/'.join(b.halo)}"
             parts.append(f"{b.grid[0]}x{b.grid[1]} tiles over {span}{halo}")
-        return "; ".join(parts)
+        return "; ".join(parts) + kernels
 
 
 def fingerprint(graph: Graph) -> str:
@@ -109,8 +120,14 @@ def parse(text: str, where: str = "schedule") -> Schedule:
     blocks = rec.get("blocks")
     if not isinstance(blocks, list):
         raise ModelError(f"{where}: \"blocks\" must be a list")
+    kernels = rec.get("kernels", {})
+    if not (isinstance(kernels, dict) and all(
+            isinstance(p, str) and p.isdigit() and k in KERNELS for p, k in kernels.items())):
+        raise ModelError(f"{where}: \"kernels\" must map operator positions to one of "
+                         f"{', '.join(KERNELS)}, e.g. {{\"14\": \"c\"}}")
     return Schedule(tuple(_block(b, k, where) for k, b in enumerate(blocks)),
-                    str(rec.get("model", "")), io_type)
+                    str(rec.get("model", "")), io_type,
+                    kernels=tuple((int(p), k) for p, k in kernels.items()))
 
 
 def _block(rec, k: int, where: str) -> Block:
@@ -158,6 +175,15 @@ def check_model(schedule: Schedule, graph: Graph, where: str = "schedule") -> No
         if b.first <= a.last:
             raise ModelError(f"{where}: blocks at {a.first}-{a.last} and {b.first}-{b.last} "
                              f"overlap")
+    for pos, _ in schedule.kernels:
+        op = graph.ops[pos] if pos < len(graph.ops) else None
+        if op is None or op.kind not in ("conv2d", "depthwise_conv2d"):
+            raise ModelError(f"{where}: kernels names operator position {pos}, which is not a "
+                             f"convolution of this model")
+        if any(b.first <= pos <= b.last for b in schedule.blocks):
+            raise ModelError(f"{where}: kernels names operator position {pos} "
+                             f"({op.source or op.kind}@{op.index}), which runs inside a fused "
+                             f"block")
 
 
 def schedule_of(mod) -> Schedule:
