@@ -171,12 +171,20 @@ CFLAGS = {CFLAGS} -O3 -std=c11 -ffp-contract=off -ffunction-sections -fdata-sect
 LDFLAGS = -T firmware.ld -nostartfiles --specs=nano.specs --specs=nosys.specs \\
           -Wl,--gc-sections -Wl,-Map=build/firmware.map
 SOURCES = startup.c board.c server.c model.c kernels.c tvmp_nn.c weights.S
+OBJECTS = $(SOURCES:%=build/%.o)
 
 all: build/firmware.elf
 
-build/firmware.elf: $(SOURCES) weights.bin board.h tvmp_model.h tvmp_kernels.h tvmp_nn.h firmware.ld
-\tmkdir -p build
-\t$(CC) $(CFLAGS) $(SOURCES) $(LDFLAGS) -lm -o $@
+build/%.c.o: %.c board.h tvmp_model.h tvmp_kernels.h tvmp_nn.h
+\t@mkdir -p build
+\t$(CC) $(CFLAGS) -c $< -o $@
+
+build/weights.S.o: weights.S weights.bin
+\t@mkdir -p build
+\t$(CC) $(CFLAGS) -c $< -o $@
+
+build/firmware.elf: $(OBJECTS) firmware.ld
+\t$(CC) $(CFLAGS) $(OBJECTS) $(LDFLAGS) -lm -o $@
 
 build/firmware.bin: build/firmware.elf
 \t$(OBJCOPY) -O binary $< $@
@@ -196,8 +204,8 @@ def build_firmware(directory) -> Firmware:
     need_toolchain()
     with open(os.path.join(directory, "project.json")) as f:
         project = json.load(f)
-    done = subprocess.run(["make", "-s", "-C", directory, "build/firmware.elf"],
-                          capture_output=True, text=True)
+    done = subprocess.run(["make", "-s", f"-j{os.cpu_count() or 1}", "-C", directory,
+                           "build/firmware.elf"], capture_output=True, text=True)
     if done.returncode != 0:
         overflow = re.findall(r"region `(\w+)' overflowed by (\d+) bytes", done.stderr)
         if overflow:
