@@ -3,8 +3,8 @@ microcontroller in place of the TVM-generated C of its PrimFunc, and with which 
 The choice is data: a schedule may name it per layer (Schedule.kernels), else the default
 below applies; the emitter records it as a JSON attribute of the operator's PrimFunc
 ("tvm_patch.c_kernel"), {"name": C function, "args": [...]}, each argument "p<k>" (the
-PrimFunc's k-th parameter) or an integer. The host (LLVM) always runs the TIR, so every firmware run checks the
-C kernels against it."""
+PrimFunc's k-th parameter) or an integer. The host (LLVM) always runs the TIR, so every
+firmware run checks the C kernels against it."""
 
 from __future__ import annotations
 

@@ -51,10 +51,15 @@ static inline int32_t dot_1x1(const int8_t* x, const int8_t* w, int32_t n, int32
 
 /* bias + offset * sum_c w[c]: the input offset's share of a dot product, so the inner loops
  * multiply raw bytes (exact: int32 sums wrap the same in any order) */
-static inline int32_t with_offset(int32_t bias, const int8_t* w, int32_t n, int32_t offset) {
+/* sum_c w[c] over n bytes */
+static inline int32_t weight_sum(const int8_t* w, int32_t n) {
   int32_t sum = 0;
   for (int32_t k = 0; k < n; ++k) sum += w[k];
-  return (int32_t)((uint32_t)bias + (uint32_t)sum * (uint32_t)offset);
+  return sum;
+}
+
+static inline int32_t with_offset(int32_t bias, const int8_t* w, int32_t n, int32_t offset) {
+  return (int32_t)((uint32_t)bias + (uint32_t)weight_sum(w, n) * (uint32_t)offset);
 }
 
 void tvmp_conv1x1_s8(const int8_t* x, const int8_t* w, const int32_t* bias,
@@ -275,13 +280,6 @@ void tvmp_depthwise_s8(const int8_t* x, const int8_t* w, const int32_t* bias,
     else
       depthwise_channel(&d, ch, &t, bias[ch], q, kh, kw);
   }
-}
-
-/* sum_c w[c] over n bytes */
-static inline int32_t weight_sum(const int8_t* w, int32_t n) {
-  int32_t sum = 0;
-  for (int32_t k = 0; k < n; ++k) sum += w[k];
-  return sum;
 }
 
 /* one output of a convolution whose window may be cut by the image's sides: the rows and
