@@ -106,6 +106,13 @@ void tvmp_conv1x1_s8(const int8_t* x, const int8_t* w, const int32_t* bias,
  * the right edge zeroed; rows cut off at the top or bottom are skipped. The input offset's
  * share of each sum is folded into its start value, per class and row range. */
 
+/* one past the last output whose window ends inside the image, given its last start
+ * (image side - kernel side + padding before) and the stride: C division truncates toward
+ * zero, so a window longer than the padded image is tested apart */
+static inline int32_t uncut_end(int32_t last_start, int32_t stride) {
+  return last_start < 0 ? 0 : last_start / stride + 1;
+}
+
 #define DW_MAX_K 7
 #define DW_CLASSES (2 * DW_MAX_K - 1)  /* whole, cut on the left by 1..6, on the right by 1..6 */
 
@@ -249,7 +256,7 @@ void tvmp_depthwise_s8(const int8_t* x, const int8_t* w, const int32_t* bias,
   const int simd = (kw == 3 || kw == 5 || kw == 7) && kh <= DW_MAX_K;
   /* columns of outputs whose window is not cut horizontally */
   d.x0 = (pad_left + stride_w - 1) / stride_w;
-  d.x1 = (wd - kw + pad_left) / stride_w + 1;
+  d.x1 = uncut_end(wd - kw + pad_left, stride_w);
   d.x1 = d.x1 < ow ? d.x1 : ow;
   if (d.x1 < d.x0) d.x1 = d.x0;
   /* the deepest horizontal cut of any window (its class tables are built) */
@@ -306,7 +313,8 @@ void tvmp_conv_s8(const int8_t* x, const int8_t* w, const int32_t* bias, const i
   const int32_t row = kw * cin, taps = kh * kw * cin;
   /* outputs whose window lies inside the image: rows [y0, y1), columns [x0, x1) */
   const int32_t y0 = (pad_top + stride_h - 1) / stride_h, x0 = (pad_left + stride_w - 1) / stride_w;
-  int32_t y1 = (h - kh + pad_top) / stride_h + 1, x1 = (wd - kw + pad_left) / stride_w + 1;
+  int32_t y1 = uncut_end(h - kh + pad_top, stride_h);
+  int32_t x1 = uncut_end(wd - kw + pad_left, stride_w);
   y1 = y1 < oh ? (y1 < y0 ? y0 : y1) : oh;
   x1 = x1 < ow ? (x1 < x0 ? x0 : x1) : ow;
   for (int32_t o = 0; o < cout; o += 2) {
