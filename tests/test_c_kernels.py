@@ -19,17 +19,22 @@ from random_cnn import QUANTS, Layer, Spec, build
 from tvm_patch import reference
 from tvm_patch.frontend import read
 from tvm_patch.kernels.lower import lower_op
-from tvm_patch.kernels.variants import c_kernel
+from tvm_patch.kernels.variants import COL_MAX, c_kernel
 
 FIRMWARE = os.path.join(os.path.dirname(__file__), "..", "tvm_patch", "mcu", "firmware")
 
 
 @pytest.fixture(scope="module")
-def library(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("tvmp_nn") / "libtvmp_nn.so")
-    subprocess.run(["gcc", "-O2", "-std=c11", "-Wall", "-Werror", "-shared", "-fPIC", "-o", path,
-                    os.path.join(FIRMWARE, "tvmp_nn.c")], check=True)
-    return ctypes.CDLL(path)
+def libraries(tmp_path_factory):
+    """The kernels as the firmware builds them, and with columns of at most 2 taps (so the
+    convolutions' window-row path runs too)."""
+    built = []
+    for defines in ([], ["-DTVMP_COL_MAX=2"]):
+        path = str(tmp_path_factory.mktemp("tvmp_nn") / "libtvmp_nn.so")
+        subprocess.run(["gcc", "-O2", "-std=c11", "-Wall", "-Werror", "-shared", "-fPIC",
+                        *defines, "-o", path, os.path.join(FIRMWARE, "tvmp_nn.c")], check=True)
+        built.append(ctypes.CDLL(path))
+    return built
 
 
 @st.composite
@@ -76,7 +81,7 @@ def run_c(library, data: bytes, x: np.ndarray, in_place: bool) -> np.ndarray | N
 @example(  # a window longer than the padded image: its last start is negative
     spec=Spec(3, 2, 1, [Layer("dw", kernel=3, stride=2, padding="SAME", activation="NONE")],
               seed=0, quant="realistic"), in_place=False)
-def test_c_kernel_matches_tflite_micro(library, spec, in_place):
+def test_c_kernel_matches_tflite_micro(libraries, spec, in_place):
     data = build(spec)
     graph = read(data)
     shape = graph.t(graph.inputs[0]).shape
@@ -84,9 +89,10 @@ def test_c_kernel_matches_tflite_micro(library, spec, in_place):
     in_place = in_place and spec.layers[0].kind == "dw" and tuple(shape) == tuple(out_shape)
     x = np.random.default_rng(spec.seed).integers(-128, 128, shape).astype(np.int8)
     expected = reference.run(data, [x])[0]
-    got = run_c(library, data, x.copy(), in_place)
-    assume(got is not None)  # a multiplier at INT32_MIN stays on TVM's C
-    np.testing.assert_array_equal(got, expected)
+    for library in libraries:
+        got = run_c(library, data, x.copy(), in_place)
+        assume(got is not None)  # a multiplier at INT32_MIN stays on TVM's C
+        np.testing.assert_array_equal(got, expected)
 
 
 def test_default_choice_keeps_small_depthwise_layers_on_tvm_c():
@@ -100,3 +106,17 @@ def test_default_choice_keeps_small_depthwise_layers_on_tvm_c():
     dw = next(op for op in big.ops if op.kind == "depthwise_conv2d")
     assert c_kernel(dw, big, 7, 144)["name"] == "tvmp_depthwise_s8"
     assert c_kernel(dw, big, 7, 143) is None  # its plane would not fit the workspace
+
+
+def test_column_limit_is_the_firmware_one():
+    with open(os.path.join(FIRMWARE, "tvmp_nn.c")) as f:
+        assert f"#define TVMP_COL_MAX {COL_MAX}\n" in f.read()
+
+
+def test_default_choice_runs_narrow_convolutions_by_columns():
+    """A 5x5 window over one channel has 5-byte window rows, too short for the row path (as
+    KWS's 10x4 first layer), but 25 taps: the column path runs it."""
+    spec = Spec(20, 10, 1, [Layer("conv", kernel=5, stride=2, channels=8)], seed=1)
+    graph = read(build(spec))
+    (conv,) = [op for op in graph.ops if op.kind == "conv2d"]
+    assert c_kernel(conv, graph, 6)["name"] == "tvmp_conv_s8"

@@ -21,9 +21,13 @@ ATTR = "tvm_patch.c_kernel"
 # outputs against TVM's 12.2-14.1, but 16-31 at 6x6 and 3x3 against 9.7-11.9, and 15.6
 # against 12.4 at 25x5 (most windows cut by the sides)
 DEPTHWISE_MIN_SIDE = 8
-# the C convolution takes each window row (kernel width x input channels bytes) as one dot
-# product: MLPerf VWW's 3x3 first layer (9 bytes a row) 6.06 -> 4.48 instructions per MAC,
-# ResNet-8's 3x3 layers 2.73 -> 2.68, but KWS's 10x4 on one channel (4 bytes) 8.26 -> 9.43
+# the C convolution widens each output's window into a column on the stack when it has at
+# most COL_MAX taps (kh x kw x cin; TVMP_COL_MAX in tvmp_nn.c): ResNet-8 35.7M -> 25.4M
+# instructions, KWS's 10x4 first layer 8.26 -> 2.79 per MAC, its pointwise layers 2.18 ->
+# 2.10 (tvmp_conv1x1_s8 keeps wider ones). Wider windows take each window row (kw x cin bytes) as
+# one dot product, which pays from CONV_MIN_ROW bytes a row (MLPerf VWW's 9-byte rows 6.06
+# -> 4.48 instructions per MAC on TVM's C and this path, KWS's 4-byte rows 8.26 -> 9.43).
+COL_MAX = 640
 CONV_MIN_ROW = 8
 
 
@@ -43,13 +47,14 @@ def c_kernel(op: Op, graph: Graph, n_params: int, workspace: int = 0,
     lo, hi = activation_range(a["activation"], y.quant.s, y.quant.zp, y.dtype)
     quant = [-int(x.quant.zp), int(y.quant.zp), int(lo), int(hi)]
     tensors = [f"p{k}" for k in range(6)]  # x, w, bias, mult, shift, y
+    taps = int(np.prod(wt.shape[1:]))
     if op.kind == "conv2d" and tuple(wt.shape[1:3]) == (1, 1) and \
-            tuple(a["stride"]) == (1, 1) and wt.shape[3] == c:
+            tuple(a["stride"]) == (1, 1) and wt.shape[3] == c and (taps > COL_MAX or n > 1):
         return {"name": "tvmp_conv1x1_s8", "args": tensors + [n * h * w, c, int(wt.shape[0])]
                 + quant}
     _, oh, ow, _ = (int(d) for d in y.shape)
     if op.kind == "conv2d" and wt.shape[3] == c and n == 1 and \
-            (wt.shape[2] * c >= CONV_MIN_ROW or not default):
+            (taps <= COL_MAX or wt.shape[2] * c >= CONV_MIN_ROW or not default):
         return {"name": "tvmp_conv_s8", "args": tensors + [
             h, w, c, oh, ow, int(wt.shape[0]), int(wt.shape[1]), int(wt.shape[2]),
             *map(int, a["stride"]), int(a["padding"][0]), int(a["padding"][1])] + quant}

@@ -289,6 +289,164 @@ void tvmp_depthwise_s8(const int8_t* x, const int8_t* w, const int32_t* bias,
   }
 }
 
+/* Convolutions by columns (CMSIS-NN's im2col, two output positions at a time): each
+ * position's window (kh x kw x cin taps, in the weights' order) is widened to int16 with
+ * the input offset added, so out-of-image taps are zeros, then two weight rows run against
+ * both columns (2x2 register block, SMLAD on int16 pairs). The columns live on the stack:
+ * layers with more than TVMP_COL_MAX taps take tvmp_conv_s8's window-row path below. */
+#define CONV_RUN 32  /* output channels summed before they are requantized */
+#ifndef TVMP_COL_MAX
+#define TVMP_COL_MAX 640
+#endif
+
+static inline uint32_t load_pair(const int16_t* p) {
+  uint32_t v;
+  __builtin_memcpy(&v, p, 4);
+  return v;
+}
+
+static inline void store_pair(int16_t* p, uint32_t v) { __builtin_memcpy(p, &v, 4); }
+
+/* x[k] + offset as int16, each 4 bytes [b0 b1 b2 b3] stored as the pairs [b0 b2] [b1 b3]
+ * (the order SXTB16 widens the weights in), the last n % 4 in order. Each 4 bytes are read
+ * before their 8 are written, so x may lie inside col from byte n on (im2col_row). */
+static inline void widen(const int8_t* x, int16_t* col, int32_t n, int32_t offset) {
+  const uint32_t off = tvmp_pair(offset);
+  int32_t k = 0;
+  for (; k + 4 <= n; k += 4) {
+    uint32_t v = tvmp_load32(x + k);
+    uint32_t e = tvmp_sxtab16(off, v), o = tvmp_sxtab16_ror8(off, v);
+    store_pair(col + k, e);
+    store_pair(col + k + 2, o);
+  }
+  for (; k < n; ++k) col[k] = (int16_t)(x[k] + offset);
+}
+
+static inline void copy_bytes(int8_t* dst, const int8_t* src, int32_t n) {
+  int32_t k = 0;
+  for (; k + 4 <= n; k += 4) {
+    uint32_t v = tvmp_load32(src + k);
+    __builtin_memcpy(dst + k, &v, 4);
+  }
+  for (; k < n; ++k) dst[k] = src[k];
+}
+
+static inline void fill_bytes(int8_t* dst, int8_t value, int32_t n) {
+  for (int32_t k = 0; k < n; ++k) dst[k] = value;
+}
+
+typedef struct {
+  const int8_t* x;
+  int32_t h, wd, cin, kh, kw, taps, in_offset;
+} conv_window_t;
+
+/* the window at input row iy, column ix into col (2 * taps bytes): its bytes are gathered
+ * into the upper half (the input's zero point where the window leaves the image), then
+ * widened into the whole */
+static void im2col(const conv_window_t* g, int32_t iy, int32_t ix, int16_t* col) {
+  const int32_t row = g->kw * g->cin;
+  const int8_t zp = (int8_t)(-g->in_offset);
+  int8_t* raw = (int8_t*)col + g->taps;
+  const int32_t kx0 = ix < 0 ? -ix : 0, kx1 = g->wd - ix < g->kw ? g->wd - ix : g->kw;
+  for (int32_t ky = 0; ky < g->kh; ++ky, raw += row) {
+    if (iy + ky < 0 || iy + ky >= g->h || kx1 <= kx0) {
+      fill_bytes(raw, zp, row);
+      continue;
+    }
+    fill_bytes(raw, zp, kx0 * g->cin);
+    copy_bytes(raw + kx0 * g->cin, g->x + ((iy + ky) * g->wd + ix + kx0) * g->cin,
+               (kx1 - kx0) * g->cin);
+    fill_bytes(raw + kx1 * g->cin, zp, (g->kw - kx1) * g->cin);
+  }
+  widen((int8_t*)col + g->taps, col, g->taps, g->in_offset);
+}
+
+/* sum_k c[k] * w[k] for two columns and two weight rows (2x2 register block) */
+static inline void dot_columns(const int16_t* c0, const int16_t* c1, const int8_t* w0,
+                               const int8_t* w1, int32_t n, int32_t* acc) {
+  int32_t a00 = acc[0], a01 = acc[1], a10 = acc[2], a11 = acc[3];
+#define DOT_COLUMNS_4                                     \
+  do {                                                    \
+    uint32_t wa = tvmp_load32(w0);                        \
+    w0 += 4;                                              \
+    uint32_t we = tvmp_sxtb16(wa), wo = tvmp_sxtb16_ror8(wa); \
+    uint32_t xe = load_pair(c0), xo = load_pair(c0 + 2);  \
+    a00 = tvmp_smlad(xe, we, a00);                        \
+    a00 = tvmp_smlad(xo, wo, a00);                        \
+    uint32_t ye = load_pair(c1), yo = load_pair(c1 + 2);  \
+    c0 += 4, c1 += 4;                                     \
+    a10 = tvmp_smlad(ye, we, a10);                        \
+    a10 = tvmp_smlad(yo, wo, a10);                        \
+    wa = tvmp_load32(w1);                                 \
+    w1 += 4;                                              \
+    we = tvmp_sxtb16(wa), wo = tvmp_sxtb16_ror8(wa);      \
+    a01 = tvmp_smlad(xe, we, a01);                        \
+    a01 = tvmp_smlad(xo, wo, a01);                        \
+    a11 = tvmp_smlad(ye, we, a11);                        \
+    a11 = tvmp_smlad(yo, wo, a11);                        \
+  } while (0)
+  const int8_t* end = w0 + (n & ~7);
+  while (w0 != end) {
+    DOT_COLUMNS_4;
+    DOT_COLUMNS_4;
+  }
+  if (n & 4) DOT_COLUMNS_4;
+#undef DOT_COLUMNS_4
+  for (int32_t k = 0; k < (n & 3); ++k) {
+    a00 += c0[k] * w0[k];
+    a01 += c0[k] * w1[k];
+    a10 += c1[k] * w0[k];
+    a11 += c1[k] * w1[k];
+  }
+  acc[0] = a00, acc[1] = a01, acc[2] = a10, acc[3] = a11;
+}
+
+/* the layer by columns; taps <= TVMP_COL_MAX */
+static void conv_columns(const conv_window_t* g, const int8_t* w, const int32_t* bias,
+                         const int32_t* mult, const int32_t* shift, int8_t* y, int32_t oh,
+                         int32_t ow, int32_t cout, int32_t stride_h, int32_t stride_w,
+                         int32_t pad_top, int32_t pad_left, int32_t out_offset, int32_t lo,
+                         int32_t hi) {
+  uint32_t buffer[TVMP_COL_MAX];  /* two columns of int16, each at a 4-byte boundary */
+  const int32_t taps = g->taps, step = (taps + 1) & ~1;
+  const int pointwise = g->kh == 1 && g->kw == 1 && stride_h == 1 && stride_w == 1 &&
+                        pad_top == 0 && pad_left == 0;
+  int16_t* cols[2] = {(int16_t*)buffer, (int16_t*)buffer + step};
+  const int32_t positions = oh * ow;
+  int32_t oy = 0, ox = 0;
+  for (int32_t p = 0; p < positions; p += 2) {
+    const int32_t n = p + 1 < positions ? 2 : 1;
+    for (int32_t j = 0; j < n; ++j) {
+      if (pointwise)
+        widen(g->x + (p + j) * g->cin, cols[j], taps, g->in_offset);
+      else
+        im2col(g, oy * stride_h - pad_top, ox * stride_w - pad_left, cols[j]);
+      if (++ox == ow) ox = 0, ++oy;
+    }
+    const int16_t* c1 = cols[n - 1];
+    int8_t* out = y + p * cout;
+    /* the sums of a run of channels first, then their requantization, whose parameters
+     * then stay in registers */
+    for (int32_t run = 0; run < cout; run += CONV_RUN) {
+      const int32_t end = run + CONV_RUN < cout ? run + CONV_RUN : cout;
+      int32_t sums[2][CONV_RUN + 1];
+      for (int32_t o = run; o < end; o += 2) {
+        const int8_t* w0 = w + o * taps;
+        const int pair = o + 1 < end;  /* an odd last channel runs as its own pair */
+        int32_t acc[4] = {bias[o], pair ? bias[o + 1] : 0, bias[o], pair ? bias[o + 1] : 0};
+        dot_columns(cols[0], c1, w0, pair ? w0 + taps : w0, taps, acc);
+        sums[0][o - run] = acc[0], sums[0][o - run + 1] = acc[1];
+        sums[1][o - run] = acc[2], sums[1][o - run + 1] = acc[3];
+      }
+      for (int32_t o = run; o < end; ++o) {
+        const tvmp_rq_t q = tvmp_rq(mult[o], shift[o]);
+        out[o] = tvmp_out_s8(sums[0][o - run], q, out_offset, lo, hi);
+        if (n == 2) out[cout + o] = tvmp_out_s8(sums[1][o - run], q, out_offset, lo, hi);
+      }
+    }
+  }
+}
+
 /* one output of a convolution whose window may be cut by the image's sides: the rows and
  * columns of taps inside, each row's taps (kx..kx1 by all channels) contiguous in x and w */
 static int32_t conv_clipped(const int8_t* x, const int8_t* w, int32_t h, int32_t wd,
@@ -311,6 +469,12 @@ void tvmp_conv_s8(const int8_t* x, const int8_t* w, const int32_t* bias, const i
                   int32_t stride_h, int32_t stride_w, int32_t pad_top, int32_t pad_left,
                   int32_t in_offset, int32_t out_offset, int32_t lo, int32_t hi) {
   const int32_t row = kw * cin, taps = kh * kw * cin;
+  if (taps <= TVMP_COL_MAX) {
+    const conv_window_t g = {x, h, wd, cin, kh, kw, taps, in_offset};
+    conv_columns(&g, w, bias, mult, shift, y, oh, ow, cout, stride_h, stride_w, pad_top,
+                 pad_left, out_offset, lo, hi);
+    return;
+  }
   /* outputs whose window lies inside the image: rows [y0, y1), columns [x0, x1) */
   const int32_t y0 = (pad_top + stride_h - 1) / stride_h, x0 = (pad_left + stride_w - 1) / stride_w;
   int32_t y1 = uncut_end(h - kh + pad_top, stride_h);

@@ -123,8 +123,9 @@ void tvmp_conv1x1_s8(const int8_t* x, const int8_t* w, const int32_t* bias,
                      int32_t lo, int32_t hi);
 
 /* convolution, dilation 1, any kernel and stride (NHWC, weights OHWI, input channels
- * matching), taps outside the image skipped: each window row (kw * cin bytes) is one
- * contiguous dot product, two output channels and two positions at a time */
+ * matching), taps outside the image skipped. Two positions at a time: windows of at most
+ * TVMP_COL_MAX taps are widened into int16 columns on the stack (4 * TVMP_COL_MAX bytes),
+ * wider ones take each window row (kw * cin bytes) as one contiguous dot product. */
 void tvmp_conv_s8(const int8_t* x, const int8_t* w, const int32_t* bias, const int32_t* mult,
                   const int32_t* shift, int8_t* y, int32_t h, int32_t wd, int32_t cin,
                   int32_t oh, int32_t ow, int32_t cout, int32_t kh, int32_t kw,
