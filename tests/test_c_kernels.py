@@ -19,17 +19,18 @@ from random_cnn import QUANTS, Layer, Spec, build
 from tvm_patch import reference
 from tvm_patch.frontend import read
 from tvm_patch.kernels.lower import lower_op
-from tvm_patch.kernels.variants import COL_MAX, c_kernel
+from tvm_patch.kernels.variants import COL_MAX, DW_PADDED_MAX, c_kernel
 
 FIRMWARE = os.path.join(os.path.dirname(__file__), "..", "tvm_patch", "mcu", "firmware")
 
 
 @pytest.fixture(scope="module")
 def libraries(tmp_path_factory):
-    """The kernels as the firmware builds them, and with columns of at most 2 taps (so the
-    convolutions' window-row path runs too)."""
+    """The kernels as the firmware builds them, and with columns of at most 2 taps and no
+    padded depthwise planes (so the convolutions' window-row path and the depthwise
+    kernel's cut windows run too)."""
     built = []
-    for defines in ([], ["-DTVMP_COL_MAX=2"]):
+    for defines in ([], ["-DTVMP_COL_MAX=2", "-DTVMP_DW_PADDED_MAX=16"]):
         path = str(tmp_path_factory.mktemp("tvmp_nn") / "libtvmp_nn.so")
         subprocess.run(["gcc", "-O2", "-std=c11", "-Wall", "-Werror", "-shared", "-fPIC",
                         *defines, "-o", path, os.path.join(FIRMWARE, "tvmp_nn.c")], check=True)
@@ -96,21 +97,27 @@ def test_c_kernel_matches_tflite_micro(libraries, spec, in_place):
 
 
 def test_default_choice_keeps_small_depthwise_layers_on_tvm_c():
-    spec = Spec(6, 6, 4, [Layer("conv", channels=4), Layer("dw", kernel=3)], seed=1)
+    spec = Spec(4, 4, 4, [Layer("conv", channels=4), Layer("dw", kernel=3)], seed=1)
     graph = read(build(spec))
     dw = next(op for op in graph.ops if op.kind == "depthwise_conv2d")
     assert dw.attrs.get("inplace")
-    assert c_kernel(dw, graph, 7, 36) is None
-    assert c_kernel(dw, graph, 7, 36, default=False)["name"] == "tvmp_depthwise_s8"
+    assert c_kernel(dw, graph, 7, 16) is None
+    assert c_kernel(dw, graph, 7, 16, default=False)["name"] == "tvmp_depthwise_s8"
+    # 25x5 (KWS): its padded plane fits the stack buffer
+    kws = read(build(Spec(25, 5, 4, [Layer("conv", channels=4), Layer("dw", kernel=3)], seed=1)))
+    dw = next(op for op in kws.ops if op.kind == "depthwise_conv2d")
+    assert c_kernel(dw, kws, 7, 125)["name"] == "tvmp_depthwise_s8"
     big = read(build(Spec(12, 12, 4, [Layer("conv", channels=4), Layer("dw", kernel=3)], seed=1)))
     dw = next(op for op in big.ops if op.kind == "depthwise_conv2d")
     assert c_kernel(dw, big, 7, 144)["name"] == "tvmp_depthwise_s8"
     assert c_kernel(dw, big, 7, 143) is None  # its plane would not fit the workspace
 
 
-def test_column_limit_is_the_firmware_one():
+def test_stack_buffer_limits_are_the_firmware_ones():
     with open(os.path.join(FIRMWARE, "tvmp_nn.c")) as f:
-        assert f"#define TVMP_COL_MAX {COL_MAX}\n" in f.read()
+        source = f.read()
+    assert f"#define TVMP_COL_MAX {COL_MAX}\n" in source
+    assert f"#define TVMP_DW_PADDED_MAX {DW_PADDED_MAX}\n" in source
 
 
 def test_default_choice_runs_narrow_convolutions_by_columns():

@@ -16,11 +16,15 @@ from ..graph import Graph, ModelError, Op
 from ..quant import INT32_MIN, activation_range, quantize_multipliers
 
 ATTR = "tvm_patch.c_kernel"
-# the C depthwise kernel works a channel at a time (a plane copy and weight tables per
-# channel): on the emulated M7 it takes 8.3-11.7 instructions per MAC at 12x12 to 48x48
-# outputs against TVM's 12.2-14.1, but 16-31 at 6x6 and 3x3 against 9.7-11.9, and 15.6
-# against 12.4 at 25x5 (most windows cut by the sides)
+# the C depthwise kernel works a channel at a time. Small images are copied into a padded
+# plane on the stack (at most DW_PADDED_MAX bytes, 8 of slack included; TVMP_DW_PADDED_MAX in
+# tvmp_nn.c) so every window is whole: on the emulated M7 8.9 instructions per MAC at KWS's
+# 25x5 (TVM's C 12.4), 9.9 at 5x5 (11.9), but 12.9 at 3x3 (11.1). Larger images run from a
+# copy of the channel in the layer's workspace with windows cut by the sides: 8.3-11.7 at
+# 12x12 to 48x48 against TVM's 12.2-14.1, but 16-31 at 6x6.
+DW_PADDED_MAX = 1024
 DEPTHWISE_MIN_SIDE = 8
+PADDED_MIN_SIDE = 5
 # the C convolution widens each output's window into a column on the stack when it has at
 # most COL_MAX taps (kh x kw x cin; TVMP_COL_MAX in tvmp_nn.c): ResNet-8 35.7M -> 25.4M
 # instructions, KWS's 10x4 first layer 8.26 -> 2.79 per MAC, its pointwise layers 2.18 ->
@@ -58,9 +62,11 @@ def c_kernel(op: Op, graph: Graph, n_params: int, workspace: int = 0,
         return {"name": "tvmp_conv_s8", "args": tensors + [
             h, w, c, oh, ow, int(wt.shape[0]), int(wt.shape[1]), int(wt.shape[2]),
             *map(int, a["stride"]), int(a["padding"][0]), int(a["padding"][1])] + quant}
+    kh, kw = int(wt.shape[1]), int(wt.shape[2])
+    padded = ((oh - 1) * a["stride"][0] + kh) * ((ow - 1) * a["stride"][1] + kw) + 8
     if op.kind == "depthwise_conv2d" and a["depth_multiplier"] == 1 and n == 1 and \
-            max(wt.shape[1], wt.shape[2]) <= 7 and \
-            (min(oh, ow) >= DEPTHWISE_MIN_SIDE or not default):
+            max(kh, kw) <= 7 and (not default or min(oh, ow) >= DEPTHWISE_MIN_SIDE or
+                                  (min(oh, ow) >= PADDED_MIN_SIDE and padded <= DW_PADDED_MAX)):
         if not (a.get("inplace") and n_params == 7 and workspace >= h * w):  # the plane
             return None
         return {"name": "tvmp_depthwise_s8", "args": tensors + [
@@ -99,3 +105,4 @@ def _requantizes_in_c(op: Op, graph: Graph) -> bool:
         wt.quant.scale.astype(np.float64), (n_out,)) / np.float64(y.quant.s)
     mult, _ = quantize_multipliers(scales)
     return not np.any(mult == INT32_MIN)
+

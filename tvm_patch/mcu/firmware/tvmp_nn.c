@@ -99,6 +99,19 @@ void tvmp_conv1x1_s8(const int8_t* x, const int8_t* w, const int32_t* bias,
   }
 }
 
+static inline void copy_bytes(int8_t* dst, const int8_t* src, int32_t n) {
+  int32_t k = 0;
+  for (; k + 4 <= n; k += 4) {
+    uint32_t v = tvmp_load32(src + k);
+    __builtin_memcpy(dst + k, &v, 4);
+  }
+  for (; k < n; ++k) dst[k] = src[k];
+}
+
+static inline void fill_bytes(int8_t* dst, int8_t value, int32_t n) {
+  for (int32_t k = 0; k < n; ++k) dst[k] = value;
+}
+
 /* Depthwise convolution, one channel at a time from a copy of its plane. Every output whose
  * window is clipped by at most one side horizontally runs the same SIMD window as the
  * interior: a "column class" holds the channel's weights shifted left past the taps cut off
@@ -245,6 +258,59 @@ static inline __attribute__((always_inline)) void depthwise_channel(
   }
 }
 
+/* Small images (the padded plane within TVMP_DW_PADDED_MAX bytes): the channel is copied
+ * into a plane on the stack with the padding around it (the input's zero point, whose sum
+ * with the input offset is 0), so every window is whole and runs the same SIMD window. */
+#ifndef TVMP_DW_PADDED_MAX
+#define TVMP_DW_PADDED_MAX 1024
+#endif
+
+static inline __attribute__((always_inline)) void depthwise_padded_channel(
+    const int8_t* padded, int32_t pw, int8_t* y, int32_t c, int32_t oh, int32_t ow,
+    int32_t stride_h, int32_t stride_w, const uint32_t (*wp)[4], int32_t start, tvmp_rq_t q,
+    int32_t out_offset, int32_t lo, int32_t hi, int32_t kh, int32_t kw) {
+  for (int32_t oy = 0; oy < oh; ++oy) {
+    const int8_t* p = padded + oy * stride_h * pw;
+    int8_t* out = y + oy * ow * c;
+    for (int32_t ox = 0; ox < ow; ++ox, p += stride_w, out += c)
+      *out = tvmp_out_s8(depthwise_window(p, wp, pw, kh, kw, start), q, out_offset, lo, hi);
+  }
+}
+
+static void depthwise_padded(const int8_t* x, const int8_t* w, const int32_t* bias,
+                             const int32_t* mult, const int32_t* shift, int8_t* y, int32_t h,
+                             int32_t wd, int32_t c, int32_t oh, int32_t ow, int32_t kh,
+                             int32_t kw, int32_t stride_h, int32_t stride_w, int32_t pad_top,
+                             int32_t pad_left, int32_t in_offset, int32_t out_offset,
+                             int32_t lo, int32_t hi) {
+  const int32_t ph = (oh - 1) * stride_h + kh, pw = (ow - 1) * stride_w + kw;
+  int8_t padded[TVMP_DW_PADDED_MAX];  /* ph * pw bytes, and 8 a window may read past them */
+  fill_bytes(padded, (int8_t)(-in_offset), ph * pw + 8);
+  /* the image rows and columns the windows reach */
+  const int32_t r0 = pad_top, r1 = pad_top + h < ph ? pad_top + h : ph;
+  const int32_t q0 = pad_left, q1 = pad_left + wd < pw ? pad_left + wd : pw;
+  depthwise_weights_t t;
+  for (int32_t ch = 0; ch < c; ++ch) {
+    for (int32_t r = r0; r < r1; ++r) {  /* before y overwrites the channel */
+      const int8_t* src = x + ((r - pad_top) * wd - pad_left) * c + ch;
+      for (int32_t qx = q0; qx < q1; ++qx) padded[r * pw + qx] = src[qx * c];
+    }
+    depthwise_tables(&t, w + ch, c, kh, kw, 0);
+    int32_t start = bias[ch];
+    for (int32_t ky = 0; ky < kh; ++ky) start += t.sum[0][ky] * in_offset;
+    const tvmp_rq_t q = tvmp_rq(mult[ch], shift[ch]);
+    if (kh == 3 && kw == 3)
+      depthwise_padded_channel(padded, pw, y + ch, c, oh, ow, stride_h, stride_w, t.wp[0],
+                               start, q, out_offset, lo, hi, 3, 3);
+    else if (kh == 5 && kw == 5)
+      depthwise_padded_channel(padded, pw, y + ch, c, oh, ow, stride_h, stride_w, t.wp[0],
+                               start, q, out_offset, lo, hi, 5, 5);
+    else
+      depthwise_padded_channel(padded, pw, y + ch, c, oh, ow, stride_h, stride_w, t.wp[0],
+                               start, q, out_offset, lo, hi, kh, kw);
+  }
+}
+
 void tvmp_depthwise_s8(const int8_t* x, const int8_t* w, const int32_t* bias,
                        const int32_t* mult, const int32_t* shift, int8_t* y, int8_t* plane,
                        int32_t h, int32_t wd, int32_t c, int32_t oh, int32_t ow, int32_t kh,
@@ -254,6 +320,12 @@ void tvmp_depthwise_s8(const int8_t* x, const int8_t* w, const int32_t* bias,
   depthwise_t d = {plane, y, h, wd, c, oh, ow, kh, kw, stride_h, stride_w, pad_top, pad_left,
                    0, 0, in_offset, out_offset, lo, hi};
   const int simd = (kw == 3 || kw == 5 || kw == 7) && kh <= DW_MAX_K;
+  const int32_t padded = ((oh - 1) * stride_h + kh) * ((ow - 1) * stride_w + kw) + 8;
+  if (simd && padded <= TVMP_DW_PADDED_MAX) {
+    depthwise_padded(x, w, bias, mult, shift, y, h, wd, c, oh, ow, kh, kw, stride_h, stride_w,
+                     pad_top, pad_left, in_offset, out_offset, lo, hi);
+    return;
+  }
   /* columns of outputs whose window is not cut horizontally */
   d.x0 = (pad_left + stride_w - 1) / stride_w;
   d.x1 = uncut_end(wd - kw + pad_left, stride_w);
@@ -320,19 +392,6 @@ static inline void widen(const int8_t* x, int16_t* col, int32_t n, int32_t offse
     store_pair(col + k + 2, o);
   }
   for (; k < n; ++k) col[k] = (int16_t)(x[k] + offset);
-}
-
-static inline void copy_bytes(int8_t* dst, const int8_t* src, int32_t n) {
-  int32_t k = 0;
-  for (; k + 4 <= n; k += 4) {
-    uint32_t v = tvmp_load32(src + k);
-    __builtin_memcpy(dst + k, &v, 4);
-  }
-  for (; k < n; ++k) dst[k] = src[k];
-}
-
-static inline void fill_bytes(int8_t* dst, int8_t value, int32_t n) {
-  for (int32_t k = 0; k < n; ++k) dst[k] = value;
 }
 
 typedef struct {
