@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, assume, example, given, settings, strategies
 
 from random_cnn import QUANTS, Layer, Spec, build
 from tvm_patch import reference
+from tvm_patch.quant import mbqm
 from tvm_patch.frontend import read
 from tvm_patch.kernels.lower import lower_op
 from tvm_patch.kernels.variants import COL_MAX, DW_PADDED_MAX, c_kernel
@@ -127,3 +128,57 @@ def test_default_choice_runs_narrow_convolutions_by_columns():
     graph = read(build(spec))
     (conv,) = [op for op in graph.ops if op.kind == "conv2d"]
     assert c_kernel(conv, graph, 6)["name"] == "tvmp_conv_s8"
+
+
+SHIM = r"""
+#include "tvmp_nn.h"
+void requantize(const int32_t* acc, int32_t* out, int32_t n, int32_t mult, int32_t shift,
+                int32_t fast) {
+  const tvmp_rq_t q = tvmp_rq(mult, shift, fast);
+  for (int32_t i = 0; i < n; ++i)
+    out[i] = fast ? tvmp_rq_apply_fast(acc[i], q) : tvmp_rq_apply(acc[i], q);
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def requantize(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("requantize")
+    (directory / "shim.c").write_text(SHIM)
+    path = str(directory / "librq.so")
+    subprocess.run(["gcc", "-O2", "-std=c11", "-Wall", "-Werror", "-shared", "-fPIC",
+                    "-I", FIRMWARE, "-o", path, str(directory / "shim.c")], check=True)
+    return ctypes.CDLL(path).requantize
+
+
+@settings(max_examples=300, deadline=None)
+@given(mult=st.one_of(st.just(1 << 30), st.just(-(1 << 30)), st.just(0),
+                      st.integers(-(1 << 31) + 1, (1 << 31) - 1)),
+       shift=st.integers(-30, 30), seed=st.integers(0, 2**31 - 1))
+def test_fast_requantization_is_tflites(requantize, mult, shift, seed):
+    """tvmp_rq_apply_fast within its bound (|acc| << (left + 1) inside int32) and
+    tvmp_rq_apply everywhere, against quant.mbqm (TFLite's MultiplyByQuantizedMultiplier):
+    small accumulators make rounding ties, the most exposed case."""
+    rng = np.random.default_rng(seed)
+    limit = 1 << (30 - max(shift, 0))
+    inside = np.concatenate([np.arange(-300, 301), rng.integers(-limit + 1, limit, 300),
+                             [limit - 1, -limit + 1]])
+    inside = inside[np.abs(inside) < limit]
+    anywhere = rng.integers(-(1 << 31), 1 << 31, 300)
+    for fast, acc in ((1, inside), (0, np.concatenate([inside, anywhere]))):
+        acc = acc.astype(np.int32)
+        expected = np.array([mbqm(int(a), mult, shift) for a in acc], np.int32)
+        out = np.zeros_like(acc)
+        requantize(acc.ctypes.data_as(ctypes.c_void_p), out.ctypes.data_as(ctypes.c_void_p),
+                   ctypes.c_int32(acc.size), ctypes.c_int32(mult), ctypes.c_int32(shift),
+                   ctypes.c_int32(fast))
+        np.testing.assert_array_equal(out, expected)
+
+
+def test_fast_requantization_only_where_the_accumulators_are_bounded():
+    graph = read(build(Spec(8, 8, 4, [Layer("conv", kernel=3, channels=4)], seed=1)))
+    (conv,) = [op for op in graph.ops if op.kind == "conv2d"]
+    assert c_kernel(conv, graph, 6)["args"][-1] == 1  # realistic weights and biases
+    bias = graph.t(conv.inputs[2])
+    graph.tensors[bias.name] = dataclasses.replace(bias, data=np.full_like(bias.data, 1 << 30))
+    assert c_kernel(conv, graph, 6)["args"][-1] == 0

@@ -42,14 +42,17 @@ def c_kernel(op: Op, graph: Graph, n_params: int, workspace: int = 0,
     None to keep TVM's C.
     default=True: the default choice, from the layer's shape and quantization alone (where
     the C kernel is known to be faster); False: whenever the C kernel can run the layer."""
-    if op.kind not in ("conv2d", "depthwise_conv2d") or not _requantizes_in_c(op, graph) or \
-            n_params < 6 or tuple(op.attrs["dilation"]) != (1, 1):
+    if op.kind not in ("conv2d", "depthwise_conv2d") or n_params < 6 or \
+            tuple(op.attrs["dilation"]) != (1, 1):
+        return None
+    fast = _requantization(op, graph)
+    if fast is None:
         return None
     x, wt, y = (graph.t(n) for n in (op.inputs[0], op.inputs[1], op.outputs[0]))
     a = op.attrs
     n, h, w, c = (int(d) for d in x.shape)
     lo, hi = activation_range(a["activation"], y.quant.s, y.quant.zp, y.dtype)
-    quant = [-int(x.quant.zp), int(y.quant.zp), int(lo), int(hi)]
+    quant = [-int(x.quant.zp), int(y.quant.zp), int(lo), int(hi), int(fast)]
     tensors = [f"p{k}" for k in range(6)]  # x, w, bias, mult, shift, y
     taps = int(np.prod(wt.shape[1:]))
     if op.kind == "conv2d" and tuple(wt.shape[1:3]) == (1, 1) and \
@@ -92,17 +95,30 @@ def with_choice(func, op: Op, graph: Graph, workspace: int, choice: str | None):
     return func.with_attr(ATTR, json.dumps(spec))
 
 
-def _requantizes_in_c(op: Op, graph: Graph) -> bool:
-    """int8 activations and weights, weights symmetric, and no multiplier at INT32_MIN (the
-    one that saturates, which the C requantization leaves out)."""
+def _requantization(op: Op, graph: Graph) -> bool | None:
+    """None when the C kernels cannot requantize the layer: they need int8 activations and
+    weights, weights symmetric, and no multiplier at INT32_MIN (the one that saturates, which
+    the C requantization leaves out). Else whether tvmp_rq_apply_fast (tvmp_nn.h) is exact
+    for it: every channel's |accumulator| << (left shift + 1) within int32, from the bound
+    |bias| + 255 * sum |weights| (|input + offset| <= 255), and right shifts of at most 30."""
     x, wt, y = (graph.t(n) for n in (op.inputs[0], op.inputs[1], op.outputs[0]))
     if not (x.dtype == y.dtype == wt.dtype == "int8" and x.quant and y.quant and wt.quant):
-        return False
+        return None
     if np.any(wt.quant.zero_point != 0) or len(op.inputs) < 3:
-        return False
+        return None
     n_out = int(y.shape[3])
     scales = np.float64(x.quant.s) * np.broadcast_to(
         wt.quant.scale.astype(np.float64), (n_out,)) / np.float64(y.quant.s)
-    mult, _ = quantize_multipliers(scales)
-    return not np.any(mult == INT32_MIN)
-
+    mult, shift = quantize_multipliers(scales)
+    if np.any(mult == INT32_MIN):
+        return None
+    if wt.data is None or not op.inputs[2] or graph.t(op.inputs[2]).data is None:
+        return False
+    w = np.abs(wt.data.astype(np.int64))
+    per_channel = w.sum(axis=(0, 1, 2)) if op.kind == "depthwise_conv2d" else \
+        w.reshape(w.shape[0], -1).sum(axis=1)
+    bound = np.abs(graph.t(op.inputs[2]).data.astype(np.int64)).ravel() + 255 * per_channel
+    left = np.maximum(shift.astype(np.int64), 0)
+    if np.any(-shift > 30) or np.any(left > 30):
+        return False
+    return bool(np.all(bound < np.left_shift(1, 30 - left)))

@@ -65,13 +65,14 @@ static inline int32_t with_offset(int32_t bias, const int8_t* w, int32_t n, int3
 void tvmp_conv1x1_s8(const int8_t* x, const int8_t* w, const int32_t* bias,
                      const int32_t* mult, const int32_t* shift, int8_t* y, int32_t positions,
                      int32_t cin, int32_t cout, int32_t in_offset, int32_t out_offset,
-                     int32_t lo, int32_t hi) {
+                     int32_t lo, int32_t hi, int32_t fast) {
   int32_t o = 0;
   for (; o + 2 <= cout; o += 2) {  /* two weight rows against every position */
     const int8_t* w0 = w + o * cin;
     const int32_t b0 = with_offset(bias[o], w0, cin, in_offset);
     const int32_t b1 = with_offset(bias[o + 1], w0 + cin, cin, in_offset);
-    const tvmp_rq_t q0 = tvmp_rq(mult[o], shift[o]), q1 = tvmp_rq(mult[o + 1], shift[o + 1]);
+    const tvmp_rq_t q0 = tvmp_rq(mult[o], shift[o], fast);
+    const tvmp_rq_t q1 = tvmp_rq(mult[o + 1], shift[o + 1], fast);
     int32_t p = 0;
     for (; p + 2 <= positions; p += 2) {
       const int8_t* x0 = x + p * cin;
@@ -93,7 +94,7 @@ void tvmp_conv1x1_s8(const int8_t* x, const int8_t* w, const int32_t* bias,
   if (o < cout) {  /* an odd last weight row */
     const int8_t* w0 = w + o * cin;
     const int32_t b0 = with_offset(bias[o], w0, cin, in_offset);
-    const tvmp_rq_t q0 = tvmp_rq(mult[o], shift[o]);
+    const tvmp_rq_t q0 = tvmp_rq(mult[o], shift[o], fast);
     for (int32_t p = 0; p < positions; ++p)
       y[p * cout + o] = tvmp_out_s8(dot_1x1(x + p * cin, w0, cin, b0), q0, out_offset, lo, hi);
   }
@@ -282,7 +283,7 @@ static void depthwise_padded(const int8_t* x, const int8_t* w, const int32_t* bi
                              int32_t wd, int32_t c, int32_t oh, int32_t ow, int32_t kh,
                              int32_t kw, int32_t stride_h, int32_t stride_w, int32_t pad_top,
                              int32_t pad_left, int32_t in_offset, int32_t out_offset,
-                             int32_t lo, int32_t hi) {
+                             int32_t lo, int32_t hi, int32_t fast) {
   const int32_t ph = (oh - 1) * stride_h + kh, pw = (ow - 1) * stride_w + kw;
   int8_t padded[TVMP_DW_PADDED_MAX];  /* ph * pw bytes, and 8 a window may read past them */
   fill_bytes(padded, (int8_t)(-in_offset), ph * pw + 8);
@@ -298,7 +299,7 @@ static void depthwise_padded(const int8_t* x, const int8_t* w, const int32_t* bi
     depthwise_tables(&t, w + ch, c, kh, kw, 0);
     int32_t start = bias[ch];
     for (int32_t ky = 0; ky < kh; ++ky) start += t.sum[0][ky] * in_offset;
-    const tvmp_rq_t q = tvmp_rq(mult[ch], shift[ch]);
+    const tvmp_rq_t q = tvmp_rq(mult[ch], shift[ch], fast);
     if (kh == 3 && kw == 3)
       depthwise_padded_channel(padded, pw, y + ch, c, oh, ow, stride_h, stride_w, t.wp[0],
                                start, q, out_offset, lo, hi, 3, 3);
@@ -316,14 +317,14 @@ void tvmp_depthwise_s8(const int8_t* x, const int8_t* w, const int32_t* bias,
                        int32_t h, int32_t wd, int32_t c, int32_t oh, int32_t ow, int32_t kh,
                        int32_t kw, int32_t stride_h, int32_t stride_w, int32_t pad_top,
                        int32_t pad_left, int32_t in_offset, int32_t out_offset, int32_t lo,
-                       int32_t hi) {
+                       int32_t hi, int32_t fast) {
   depthwise_t d = {plane, y, h, wd, c, oh, ow, kh, kw, stride_h, stride_w, pad_top, pad_left,
                    0, 0, in_offset, out_offset, lo, hi};
   const int simd = (kw == 3 || kw == 5 || kw == 7) && kh <= DW_MAX_K;
   const int32_t padded = ((oh - 1) * stride_h + kh) * ((ow - 1) * stride_w + kw) + 8;
   if (simd && padded <= TVMP_DW_PADDED_MAX) {
     depthwise_padded(x, w, bias, mult, shift, y, h, wd, c, oh, ow, kh, kw, stride_h, stride_w,
-                     pad_top, pad_left, in_offset, out_offset, lo, hi);
+                     pad_top, pad_left, in_offset, out_offset, lo, hi, fast);
     return;
   }
   /* columns of outputs whose window is not cut horizontally */
@@ -338,7 +339,7 @@ void tvmp_depthwise_s8(const int8_t* x, const int8_t* w, const int32_t* bias,
   depthwise_weights_t t;  /* 1.9 KB of the stack region, whose high-water mark is measured */
   for (int32_t ch = 0; ch < c; ++ch) {
     for (int32_t i = 0; i < h * wd; ++i) plane[i] = x[i * c + ch];  /* before y overwrites it */
-    const tvmp_rq_t q = tvmp_rq(mult[ch], shift[ch]);
+    const tvmp_rq_t q = tvmp_rq(mult[ch], shift[ch], fast);
     if (!simd) {
       for (int32_t i = 0; i < kh * kw; ++i) t.wk[i] = w[i * c + ch];
       for (int32_t oy = 0; oy < oh; ++oy)
@@ -465,7 +466,7 @@ static void conv_columns(const conv_window_t* g, const int8_t* w, const int32_t*
                          const int32_t* mult, const int32_t* shift, int8_t* y, int32_t oh,
                          int32_t ow, int32_t cout, int32_t stride_h, int32_t stride_w,
                          int32_t pad_top, int32_t pad_left, int32_t out_offset, int32_t lo,
-                         int32_t hi) {
+                         int32_t hi, int32_t fast) {
   uint32_t buffer[TVMP_COL_MAX];  /* two columns of int16, each at a 4-byte boundary */
   const int32_t taps = g->taps, step = (taps + 1) & ~1;
   const int pointwise = g->kh == 1 && g->kw == 1 && stride_h == 1 && stride_w == 1 &&
@@ -497,8 +498,17 @@ static void conv_columns(const conv_window_t* g, const int8_t* w, const int32_t*
         sums[0][o - run] = acc[0], sums[0][o - run + 1] = acc[1];
         sums[1][o - run] = acc[2], sums[1][o - run + 1] = acc[3];
       }
+      if (fast && n == 2) {  /* the common case, its branches taken out of the loop */
+        for (int32_t o = run; o < end; ++o) {
+          const tvmp_rq_t q = tvmp_rq(mult[o], shift[o], 1);
+          out[o] = tvmp_clamp_s8(tvmp_rq_apply_fast(sums[0][o - run], q) + out_offset, lo, hi);
+          out[cout + o] =
+              tvmp_clamp_s8(tvmp_rq_apply_fast(sums[1][o - run], q) + out_offset, lo, hi);
+        }
+        continue;
+      }
       for (int32_t o = run; o < end; ++o) {
-        const tvmp_rq_t q = tvmp_rq(mult[o], shift[o]);
+        const tvmp_rq_t q = tvmp_rq(mult[o], shift[o], fast);
         out[o] = tvmp_out_s8(sums[0][o - run], q, out_offset, lo, hi);
         if (n == 2) out[cout + o] = tvmp_out_s8(sums[1][o - run], q, out_offset, lo, hi);
       }
@@ -526,12 +536,12 @@ void tvmp_conv_s8(const int8_t* x, const int8_t* w, const int32_t* bias, const i
                   const int32_t* shift, int8_t* y, int32_t h, int32_t wd, int32_t cin,
                   int32_t oh, int32_t ow, int32_t cout, int32_t kh, int32_t kw,
                   int32_t stride_h, int32_t stride_w, int32_t pad_top, int32_t pad_left,
-                  int32_t in_offset, int32_t out_offset, int32_t lo, int32_t hi) {
+                  int32_t in_offset, int32_t out_offset, int32_t lo, int32_t hi, int32_t fast) {
   const int32_t row = kw * cin, taps = kh * kw * cin;
   if (taps <= TVMP_COL_MAX) {
     const conv_window_t g = {x, h, wd, cin, kh, kw, taps, in_offset};
     conv_columns(&g, w, bias, mult, shift, y, oh, ow, cout, stride_h, stride_w, pad_top,
-                 pad_left, out_offset, lo, hi);
+                 pad_left, out_offset, lo, hi, fast);
     return;
   }
   /* outputs whose window lies inside the image: rows [y0, y1), columns [x0, x1) */
@@ -547,8 +557,8 @@ void tvmp_conv_s8(const int8_t* x, const int8_t* w, const int32_t* bias, const i
     const int32_t b0 = bias[o], b1 = pair ? bias[o + 1] : b0;
     const int32_t s0 = with_offset(b0, w0, taps, in_offset);
     const int32_t s1 = with_offset(b1, w1, taps, in_offset);
-    const tvmp_rq_t q0 = tvmp_rq(mult[o], shift[o]);
-    const tvmp_rq_t q1 = pair ? tvmp_rq(mult[o + 1], shift[o + 1]) : q0;
+    const tvmp_rq_t q0 = tvmp_rq(mult[o], shift[o], fast);
+    const tvmp_rq_t q1 = pair ? tvmp_rq(mult[o + 1], shift[o + 1], fast) : q0;
     for (int32_t oy = 0; oy < oh; ++oy) {
       const int32_t iy = oy * stride_h - pad_top;
       int8_t* out = y + oy * ow * cout + o;

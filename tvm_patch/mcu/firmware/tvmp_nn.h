@@ -40,6 +40,12 @@ static inline uint32_t tvmp_pkhtb16(uint32_t a, uint32_t b) {
   __asm__("pkhtb %0, %1, %2, asr #16" : "=r"(r) : "r"(a), "r"(b));
   return r;
 }
+/* (a * b + 2^31) >> 32 */
+static inline int32_t tvmp_smmulr(int32_t a, int32_t b) {
+  int32_t r;
+  __asm__("smmulr %0, %1, %2" : "=r"(r) : "r"(a), "r"(b));
+  return r;
+}
 /* acc + a.hi * b.lo */
 static inline int32_t tvmp_smlatb(uint32_t a, uint32_t b, int32_t acc) {
   return __smlatb((int32_t)a, (int32_t)b, acc);
@@ -67,6 +73,9 @@ static inline uint32_t tvmp_pkhtb16(uint32_t a, uint32_t b) {
 static inline int32_t tvmp_smlatb(uint32_t a, uint32_t b, int32_t acc) {
   return acc + (int16_t)(a >> 16) * (int16_t)b;
 }
+static inline int32_t tvmp_smmulr(int32_t a, int32_t b) {
+  return (int32_t)(((int64_t)a * b + (1ll << 31)) >> 32);
+}
 #endif
 
 static inline uint32_t tvmp_load32(const int8_t* p) {
@@ -86,18 +95,26 @@ static inline uint32_t tvmp_pair(int32_t offset) {
  * SaturatingRoundingDoublingHighMul, then RoundingDivideByPOT. TFLite's nudged division
  * truncates toward zero; for every int64 product p, trunc((p + nudge(p)) / 2^31) equals
  * (p + 2^30) >> 31 (arithmetic), one 64-bit add and shift. Only mult == INT32_MIN can
- * saturate, and kernels/variants.py keeps such layers on TVM's C. */
+ * saturate, and kernels/variants.py keeps such layers on TVM's C.
+ * The fast form, for layers whose every |acc| << (left + 1) fits in int32 and whose right
+ * shift is at most 30 (kernels/variants.py proves it from the weights and biases): then
+ * (p + 2^30) >> 31 is SMMULR(acc << (left + 1), mult), |h| <= 2^30, and TFLite's rounding
+ * division is (h + 2^(right - 1) - (h < 0)) >> right for right >= 1 (h for right = 0),
+ * with no overflow. */
 typedef struct {
-  int32_t mult, left, right, mask, half;
+  int32_t fast, mult, left, right, mask, half, round, negative;
 } tvmp_rq_t;
 
-static inline tvmp_rq_t tvmp_rq(int32_t mult, int32_t shift) {
+static inline tvmp_rq_t tvmp_rq(int32_t mult, int32_t shift, int32_t fast) {
   tvmp_rq_t q;
+  q.fast = fast;
   q.mult = mult;
   q.left = shift > 0 ? (shift & 31) : 0;
   q.right = shift > 0 ? 0 : -shift;
   q.mask = (int32_t)((1u << q.right) - 1u);
   q.half = q.mask >> 1;
+  q.round = q.right > 0 ? (int32_t)(1u << (q.right - 1)) : 0;
+  q.negative = q.right > 0 ? -1 : 0;
   return q;
 }
 
@@ -108,19 +125,30 @@ static inline int32_t tvmp_rq_apply(int32_t acc, tvmp_rq_t q) {
   return (h >> q.right) + ((h & q.mask) > threshold);
 }
 
-static inline int8_t tvmp_out_s8(int32_t acc, tvmp_rq_t q, int32_t out_offset, int32_t lo,
-                                 int32_t hi) {
-  int32_t v = tvmp_rq_apply(acc, q) + out_offset;
+static inline int32_t tvmp_rq_apply_fast(int32_t acc, tvmp_rq_t q) {
+  int32_t h = tvmp_smmulr((int32_t)((uint32_t)acc << (q.left + 1)), q.mult);
+  return (h + q.round + ((h >> 31) & q.negative)) >> q.right;
+}
+
+static inline int8_t tvmp_clamp_s8(int32_t v, int32_t lo, int32_t hi) {
   v = v < lo ? lo : v;
   return (int8_t)(v > hi ? hi : v);
 }
+
+static inline int8_t tvmp_out_s8(int32_t acc, tvmp_rq_t q, int32_t out_offset, int32_t lo,
+                                 int32_t hi) {
+  return tvmp_clamp_s8((q.fast ? tvmp_rq_apply_fast(acc, q) : tvmp_rq_apply(acc, q)) +
+                       out_offset, lo, hi);
+}
+
+/* Every kernel takes `fast`: 1 when the layer qualifies for tvmp_rq_apply_fast. */
 
 /* 1x1 convolution, stride 1, over `positions` pixels (NHWC, weights OHWI):
  * y[p][o] = clamp(requantize(bias[o] + sum_c (x[p][c] + in_offset) * w[o][c]) + out_offset) */
 void tvmp_conv1x1_s8(const int8_t* x, const int8_t* w, const int32_t* bias,
                      const int32_t* mult, const int32_t* shift, int8_t* y, int32_t positions,
                      int32_t cin, int32_t cout, int32_t in_offset, int32_t out_offset,
-                     int32_t lo, int32_t hi);
+                     int32_t lo, int32_t hi, int32_t fast);
 
 /* convolution, dilation 1, any kernel and stride (NHWC, weights OHWI, input channels
  * matching), taps outside the image skipped. Two positions at a time: windows of at most
@@ -130,7 +158,7 @@ void tvmp_conv_s8(const int8_t* x, const int8_t* w, const int32_t* bias, const i
                   const int32_t* shift, int8_t* y, int32_t h, int32_t wd, int32_t cin,
                   int32_t oh, int32_t ow, int32_t cout, int32_t kh, int32_t kw,
                   int32_t stride_h, int32_t stride_w, int32_t pad_top, int32_t pad_left,
-                  int32_t in_offset, int32_t out_offset, int32_t lo, int32_t hi);
+                  int32_t in_offset, int32_t out_offset, int32_t lo, int32_t hi, int32_t fast);
 
 /* depthwise convolution, depth multiplier 1, dilation 1 (NHWC, weights 1 x kh x kw x c),
  * taps outside the image skipped (TFLite's padding). Each channel of x is copied into
@@ -141,6 +169,6 @@ void tvmp_depthwise_s8(const int8_t* x, const int8_t* w, const int32_t* bias,
                        int32_t h, int32_t wd, int32_t c, int32_t oh, int32_t ow, int32_t kh,
                        int32_t kw, int32_t stride_h, int32_t stride_w, int32_t pad_top,
                        int32_t pad_left, int32_t in_offset, int32_t out_offset, int32_t lo,
-                       int32_t hi);
+                       int32_t hi, int32_t fast);
 
 #endif
