@@ -47,11 +47,13 @@ def layers(draw):
     layer.stride = draw(st.sampled_from([1, 2]))
     layer.padding = draw(st.sampled_from(["SAME", "VALID"]))
     if kind == "conv":
-        layer.channels = draw(st.integers(1, 13))
+        # the column kernel unrolls pointwise layers of 8, 16, 24, 32, 48 and 64 channels
+        layer.channels = draw(st.one_of(st.integers(1, 13), st.sampled_from([16, 24, 32, 48, 64])))
     h, w = draw(st.integers(1, 19)), draw(st.integers(1, 19))
     if layer.padding == "VALID":
         h, w = max(h, layer.kernel), max(w, layer.kernel)
-    return Spec(h, w, draw(st.integers(1, 11)), [layer], seed=draw(st.integers(0, 2**31 - 1)),
+    cin = draw(st.one_of(st.integers(1, 11), st.sampled_from([8, 16, 24, 32, 48, 64])))
+    return Spec(h, w, cin, [layer], seed=draw(st.integers(0, 2**31 - 1)),
                 quant=draw(st.sampled_from(QUANTS)))
 
 

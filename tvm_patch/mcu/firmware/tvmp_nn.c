@@ -461,14 +461,26 @@ static inline void dot_columns(const int16_t* c0, const int16_t* c1, const int8_
   acc[0] = a00, acc[1] = a01, acc[2] = a10, acc[3] = a11;
 }
 
-/* the layer by columns; taps <= TVMP_COL_MAX */
-static void conv_columns(const conv_window_t* g, const int8_t* w, const int32_t* bias,
-                         const int32_t* mult, const int32_t* shift, int8_t* y, int32_t oh,
-                         int32_t ow, int32_t cout, int32_t stride_h, int32_t stride_w,
-                         int32_t pad_top, int32_t pad_left, int32_t out_offset, int32_t lo,
-                         int32_t hi, int32_t fast) {
-  uint32_t buffer[TVMP_COL_MAX];  /* two columns of int16, each at a 4-byte boundary */
-  const int32_t taps = g->taps, step = (taps + 1) & ~1;
+typedef struct {
+  const int8_t* w;
+  const int32_t *bias, *mult, *shift;
+  int8_t* y;
+  int32_t oh, ow, cout, stride_h, stride_w, pad_top, pad_left, out_offset, lo, hi, fast;
+} conv_output_t;
+
+/* the layer by columns; taps <= TVMP_COL_MAX, a constant where inlined */
+static inline __attribute__((always_inline)) void conv_columns_n(
+    const conv_window_t* g, const conv_output_t* a, int32_t taps) {
+  const int8_t* w = a->w;
+  const int32_t *bias = a->bias, *mult = a->mult, *shift = a->shift;
+  int8_t* y = a->y;
+  const int32_t oh = a->oh, ow = a->ow, cout = a->cout, stride_h = a->stride_h;
+  const int32_t stride_w = a->stride_w, pad_top = a->pad_top, pad_left = a->pad_left;
+  const int32_t out_offset = a->out_offset, lo = a->lo, hi = a->hi, fast = a->fast;
+  /* two columns of int16, each at a 4-byte boundary (at least the unrolled sizes' own, for
+   * builds with a smaller TVMP_COL_MAX, where they are never called) */
+  uint32_t buffer[TVMP_COL_MAX > 64 ? TVMP_COL_MAX : 64];
+  const int32_t step = (taps + 1) & ~1;
   const int pointwise = g->kh == 1 && g->kw == 1 && stride_h == 1 && stride_w == 1 &&
                         pad_top == 0 && pad_left == 0;
   int16_t* cols[2] = {(int16_t*)buffer, (int16_t*)buffer + step};
@@ -516,6 +528,32 @@ static void conv_columns(const conv_window_t* g, const int8_t* w, const int32_t*
   }
 }
 
+/* small windows (pointwise layers with few input channels) unrolled whole */
+#define CONV_COLUMNS(n)                                                                   \
+  static __attribute__((noinline)) void conv_columns_##n(const conv_window_t* g,          \
+                                                         const conv_output_t* a) {        \
+    conv_columns_n(g, a, n);                                                              \
+  }
+CONV_COLUMNS(8)
+CONV_COLUMNS(16)
+CONV_COLUMNS(24)
+CONV_COLUMNS(32)
+CONV_COLUMNS(48)
+CONV_COLUMNS(64)
+#undef CONV_COLUMNS
+
+static void conv_columns(const conv_window_t* g, const conv_output_t* a) {
+  switch (g->taps) {
+    case 8: conv_columns_8(g, a); break;
+    case 16: conv_columns_16(g, a); break;
+    case 24: conv_columns_24(g, a); break;
+    case 32: conv_columns_32(g, a); break;
+    case 48: conv_columns_48(g, a); break;
+    case 64: conv_columns_64(g, a); break;
+    default: conv_columns_n(g, a, g->taps);
+  }
+}
+
 /* one output of a convolution whose window may be cut by the image's sides: the rows and
  * columns of taps inside, each row's taps (kx..kx1 by all channels) contiguous in x and w */
 static int32_t conv_clipped(const int8_t* x, const int8_t* w, int32_t h, int32_t wd,
@@ -540,8 +578,9 @@ void tvmp_conv_s8(const int8_t* x, const int8_t* w, const int32_t* bias, const i
   const int32_t row = kw * cin, taps = kh * kw * cin;
   if (taps <= TVMP_COL_MAX) {
     const conv_window_t g = {x, h, wd, cin, kh, kw, taps, in_offset};
-    conv_columns(&g, w, bias, mult, shift, y, oh, ow, cout, stride_h, stride_w, pad_top,
-                 pad_left, out_offset, lo, hi, fast);
+    const conv_output_t a = {w, bias, mult, shift, y, oh, ow, cout, stride_h, stride_w,
+                             pad_top, pad_left, out_offset, lo, hi, fast};
+    conv_columns(&g, &a);
     return;
   }
   /* outputs whose window lies inside the image: rows [y0, y1), columns [x0, x1) */
