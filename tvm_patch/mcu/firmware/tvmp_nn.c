@@ -266,16 +266,50 @@ static inline __attribute__((always_inline)) void depthwise_channel(
 #define TVMP_DW_PADDED_MAX 1024
 #endif
 
+typedef struct {
+  const int8_t* padded;
+  int8_t* y;
+  const uint32_t (*wp)[4];
+  int32_t pw, c, oh, ow, stride_h, stride_w, start, out_offset, lo, hi;
+  tvmp_rq_t q;
+} padded_channel_t;
+
+/* one channel; kh, kw and fast constants where inlined */
 static inline __attribute__((always_inline)) void depthwise_padded_channel(
-    const int8_t* padded, int32_t pw, int8_t* y, int32_t c, int32_t oh, int32_t ow,
-    int32_t stride_h, int32_t stride_w, const uint32_t (*wp)[4], int32_t start, tvmp_rq_t q,
-    int32_t out_offset, int32_t lo, int32_t hi, int32_t kh, int32_t kw) {
+    const padded_channel_t* a, int32_t kh, int32_t kw, int32_t fast) {
+  const int8_t* padded = a->padded;
+  const uint32_t (*wp)[4] = a->wp;
+  const int32_t pw = a->pw, c = a->c, oh = a->oh, ow = a->ow, stride_h = a->stride_h;
+  const int32_t stride_w = a->stride_w, start = a->start, out_offset = a->out_offset;
+  const int32_t lo = a->lo, hi = a->hi;
+  const tvmp_rq_t q = a->q;
   for (int32_t oy = 0; oy < oh; ++oy) {
     const int8_t* p = padded + oy * stride_h * pw;
-    int8_t* out = y + oy * ow * c;
-    for (int32_t ox = 0; ox < ow; ++ox, p += stride_w, out += c)
-      *out = tvmp_out_s8(depthwise_window(p, wp, pw, kh, kw, start), q, out_offset, lo, hi);
+    int8_t* out = a->y + oy * ow * c;
+    for (int32_t ox = 0; ox < ow; ++ox, p += stride_w, out += c) {
+      const int32_t acc = depthwise_window(p, wp, pw, kh, kw, start);
+      *out = tvmp_clamp_s8((fast ? tvmp_rq_apply_fast(acc, q) : tvmp_rq_apply(acc, q)) +
+                           out_offset, lo, hi);
+    }
   }
+}
+
+/* each kernel size and requantization its own function, whose registers hold its loop */
+#define PADDED_CHANNEL(kh, kw, fast, name)                                              \
+  static __attribute__((noinline)) void name(const padded_channel_t* a) {               \
+    depthwise_padded_channel(a, kh, kw, fast);                                           \
+  }
+PADDED_CHANNEL(3, 3, 1, depthwise_padded_3x3_fast)
+PADDED_CHANNEL(3, 3, 0, depthwise_padded_3x3)
+PADDED_CHANNEL(5, 5, 1, depthwise_padded_5x5_fast)
+PADDED_CHANNEL(5, 5, 0, depthwise_padded_5x5)
+PADDED_CHANNEL(7, 7, 1, depthwise_padded_7x7_fast)
+PADDED_CHANNEL(7, 7, 0, depthwise_padded_7x7)
+#undef PADDED_CHANNEL
+
+static __attribute__((noinline)) void depthwise_padded_any(const padded_channel_t* a,
+                                                            int32_t kh, int32_t kw) {
+  depthwise_padded_channel(a, kh, kw, a->q.fast);
 }
 
 static void depthwise_padded(const int8_t* x, const int8_t* w, const int32_t* bias,
@@ -300,15 +334,16 @@ static void depthwise_padded(const int8_t* x, const int8_t* w, const int32_t* bi
     int32_t start = bias[ch];
     for (int32_t ky = 0; ky < kh; ++ky) start += t.sum[0][ky] * in_offset;
     const tvmp_rq_t q = tvmp_rq(mult[ch], shift[ch], fast);
+    const padded_channel_t a = {padded, y + ch, t.wp[0], pw, c, oh, ow, stride_h, stride_w,
+                                start, out_offset, lo, hi, q};
     if (kh == 3 && kw == 3)
-      depthwise_padded_channel(padded, pw, y + ch, c, oh, ow, stride_h, stride_w, t.wp[0],
-                               start, q, out_offset, lo, hi, 3, 3);
+      (fast ? depthwise_padded_3x3_fast : depthwise_padded_3x3)(&a);
     else if (kh == 5 && kw == 5)
-      depthwise_padded_channel(padded, pw, y + ch, c, oh, ow, stride_h, stride_w, t.wp[0],
-                               start, q, out_offset, lo, hi, 5, 5);
+      (fast ? depthwise_padded_5x5_fast : depthwise_padded_5x5)(&a);
+    else if (kh == 7 && kw == 7)
+      (fast ? depthwise_padded_7x7_fast : depthwise_padded_7x7)(&a);
     else
-      depthwise_padded_channel(padded, pw, y + ch, c, oh, ow, stride_h, stride_w, t.wp[0],
-                               start, q, out_offset, lo, hi, kh, kw);
+      depthwise_padded_any(&a, kh, kw);
   }
 }
 
