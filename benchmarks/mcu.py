@@ -4,7 +4,7 @@ patch pass picks ("auto"), each run once through a host-driven session and check
 bit-exact against TFLite Micro.
 
     python benchmarks/mcu.py [--quick] [--models DIR]
-    python benchmarks/mcu.py --layers "demo (zoo)"      # per-layer instructions of one model
+    python benchmarks/mcu.py --layers "demo (zoo)"      # per layer and kind, one model
 
 Accounting rules (bytes):
   Flash       .isr_vector + .text (code, rodata, weights) + .ARM.exidx + .data initializers,
@@ -56,16 +56,28 @@ MODELS = ["mcunet-vww1 r80", "mlperf-vww mbv1-0.25 r96", "mlperf-ic resnet8 r32"
 QUICK = ["mlperf-ic resnet8 r32", "demo (zoo)"]
 
 
-def conv_kind(layer: dict) -> str | None:
+def conv_kind(layer: dict, first: bool = False, detailed: bool = False) -> str | None:
+    """The layer's row in the per-kind tables; `detailed` (one model's): depthwise by
+    kernel size, and the model's first convolution (`first`) apart."""
     if layer["kind"] == "depthwise_conv2d":
-        return "depthwise"
+        return f"depthwise {layer['weights'][1]}x{layer['weights'][2]}" if detailed \
+            else "depthwise"
     if layer["kind"] == "conv2d" and layer["weights"]:
         _, kh, kw, _ = layer["weights"]
-        return "pointwise 1x1" if kh == kw == 1 else f"conv {kh}x{kw}"
+        kind = "pointwise 1x1" if kh == kw == 1 else f"conv {kh}x{kw}"
+        return f"first {kind}" if detailed and first else kind
     return None
 
 
-def run_one(bench: Bench, label: str, patched: bool, kinds: dict):
+def kinds_table(kinds: dict) -> str:
+    return table(["kind", "instructions", "MACs", "instr/MAC", "CMSIS-NN instr/MAC",
+                  "x CMSIS-NN"],
+                 [[k, b(n), b(m), f"{n / m:.2f}", f"{p / pm:.2f}" if pm else "",
+                   f"{(n / m) / (p / pm):.2f}" if pm else ""]
+                  for k, (n, m, p, pm) in sorted(kinds.items())])
+
+
+def run_one(bench: Bench, label: str, patched: bool, kinds: dict, detailed: bool = False):
     entry = bench.model(label)
     src = bench.source(label)
     data = src if isinstance(src, bytes) else open(src, "rb").read()
@@ -91,8 +103,9 @@ def run_one(bench: Bench, label: str, patched: bool, kinds: dict):
     ref = reference.run(data, [x])
     exact = len(out) == len(ref) and all(np.array_equal(a, r) for a, r in zip(out, ref))
     macs = sum(layer["macs"] for layer in layers)
-    for layer, n in zip(layers, c.layer_instructions):
-        kind = conv_kind(layer)
+    first = next((k for k, layer in enumerate(layers) if layer["kind"] == "conv2d"), None)
+    for k, (layer, n) in enumerate(zip(layers, c.layer_instructions)):
+        kind = conv_kind(layer, k == first, detailed)
         if kind and not patched:
             k = kinds.setdefault(kind, [0, 0, 0, 0])  # ours, MACs, CMSIS-NN, its MACs
             k[0] += n
@@ -128,9 +141,11 @@ def peer_instructions(models_dir: str, data: bytes, x) -> tuple:
 
 
 def per_layer(bench: Bench, label: str) -> int:
-    """Instructions per layer, layer by layer and patch-based, for one model."""
+    """Instructions per layer, layer by layer and patch-based, for one model, and per
+    kind beside TFLite Micro + CMSIS-NN."""
+    kinds = {}
     for patched in (False, True):
-        result, why = run_one(bench, label, patched, {})
+        result, why = run_one(bench, label, patched, kinds, detailed=True)
         sched = "patch-based (auto)" if patched else "layer by layer"
         if result is None:
             print(f"{label}, {sched}: {why}\n")
@@ -143,6 +158,9 @@ def per_layer(bench: Bench, label: str) -> int:
               f"bit-exact {'yes' if result['exact'] else 'NO'}\n")
         print(table(["#", "kernel", "MACs", "instructions", "instr/MAC"], rows, left=(1,)))
         print()
+    if kinds:
+        print(f"{label}, layer by layer, per kind beside TFLite Micro + CMSIS-NN:\n")
+        print(kinds_table(kinds))
     return 0
 
 
@@ -193,11 +211,7 @@ def main() -> int:
     print("\n".join([""] + notes))
     print("\nInstructions per MAC by convolution kind (layer by layer, all models above; "
           "CMSIS-NN: the same operators under TFLite Micro + CMSIS-NN):\n")
-    print(table(["kind", "instructions", "MACs", "instr/MAC", "CMSIS-NN instr/MAC",
-                 "x CMSIS-NN"],
-                [[k, b(n), b(m), f"{n / m:.2f}", f"{p / pm:.2f}" if pm else "",
-                  f"{(n / m) / (p / pm):.2f}" if pm else ""]
-                 for k, (n, m, p, pm) in sorted(kinds.items())]))
+    print(kinds_table(kinds))
     return 1 if failures else 0
 
 

@@ -178,6 +178,24 @@ static inline __attribute__((always_inline)) int32_t depthwise_window(
   return acc;
 }
 
+/* two neighbouring 3x3 windows at stride 1 (at p and p + 1): the 4 bytes of each row
+ * serve both, [x0 x1] and [x1 x2] into SMLAD, x2 and x3 by SMLATB */
+static inline __attribute__((always_inline)) void depthwise_window_3x3_pair(
+    const int8_t* p, const uint32_t (*wp)[4], int32_t wd, int32_t start, int32_t* acc0,
+    int32_t* acc1) {
+  int32_t a0 = start, a1 = start;
+  for (int32_t ky = 0; ky < 3; ++ky, p += wd, ++wp) {
+    uint32_t v = tvmp_load32(p);
+    uint32_t e = tvmp_sxtb16(v), o = tvmp_sxtb16_ror8(v);      /* [x0 x2], [x1 x3] */
+    uint32_t w01 = (*wp)[0], w2 = (*wp)[1];
+    a0 = tvmp_smlad(tvmp_pkhbt16(e, o), w01, a0);              /* x0 w0 + x1 w1 */
+    a0 = tvmp_smlatb(e, w2, a0);                               /* x2 w2 */
+    a1 = tvmp_smlad(tvmp_lo_hi(o, e), w01, a1);            /* x1 w0 + x2 w1 */
+    a1 = tvmp_smlatb(o, w2, a1);                               /* x3 w2 */
+  }
+  *acc0 = a0, *acc1 = a1;
+}
+
 typedef struct {
   const int8_t* plane;
   int8_t* y;
@@ -233,6 +251,14 @@ static inline __attribute__((always_inline)) void depthwise_channel(
         int32_t start = bias;
         for (int32_t ky = ky0; ky < ky1; ++ky) start += t->sum[0][ky] * d->in_offset;
         const int8_t* p = base + ix;
+        if (kh == 3 && kw == 3 && rows == 3 && sw == 1) {
+          for (; ox + 2 <= x1; ox += 2, p += 2) {
+            int32_t a0, a1;
+            depthwise_window_3x3_pair(p, t->wp[0], wd, start, &a0, &a1);
+            out[ox * c] = tvmp_out_s8(a0, q, d->out_offset, d->lo, d->hi);
+            out[(ox + 1) * c] = tvmp_out_s8(a1, q, d->out_offset, d->lo, d->hi);
+          }
+        }
         if (rows == kh) {
           for (; ox < x1; ++ox, p += sw)
             out[ox * c] = tvmp_out_s8(depthwise_window(p, t->wp[0], wd, kh, kw, start), q,
@@ -283,15 +309,25 @@ static inline __attribute__((always_inline)) void depthwise_padded_channel(
   const int32_t stride_w = a->stride_w, start = a->start, out_offset = a->out_offset;
   const int32_t lo = a->lo, hi = a->hi;
   const tvmp_rq_t q = a->q;
+#define PADDED_OUT(acc, out)                                                                \
+  *(out) = tvmp_clamp_s8((fast ? tvmp_rq_apply_fast(acc, q) : tvmp_rq_apply(acc, q)) +   \
+                         out_offset, lo, hi)
   for (int32_t oy = 0; oy < oh; ++oy) {
     const int8_t* p = padded + oy * stride_h * pw;
     int8_t* out = a->y + oy * ow * c;
-    for (int32_t ox = 0; ox < ow; ++ox, p += stride_w, out += c) {
-      const int32_t acc = depthwise_window(p, wp, pw, kh, kw, start);
-      *out = tvmp_clamp_s8((fast ? tvmp_rq_apply_fast(acc, q) : tvmp_rq_apply(acc, q)) +
-                           out_offset, lo, hi);
+    int32_t ox = 0;
+    if (kh == 3 && kw == 3 && stride_w == 1) {
+      for (; ox + 2 <= ow; ox += 2, p += 2, out += 2 * c) {
+        int32_t a0, a1;
+        depthwise_window_3x3_pair(p, wp, pw, start, &a0, &a1);
+        PADDED_OUT(a0, out);
+        PADDED_OUT(a1, out + c);
+      }
     }
+    for (; ox < ow; ++ox, p += stride_w, out += c)
+      PADDED_OUT(depthwise_window(p, wp, pw, kh, kw, start), out);
   }
+#undef PADDED_OUT
 }
 
 /* each kernel size and requantization its own function, whose registers hold its loop */

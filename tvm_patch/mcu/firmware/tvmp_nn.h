@@ -46,6 +46,12 @@ static inline int32_t tvmp_smmulr(int32_t a, int32_t b) {
   __asm__("smmulr %0, %1, %2" : "=r"(r) : "r"(a), "r"(b));
   return r;
 }
+/* [a.lo b.hi] */
+static inline uint32_t tvmp_lo_hi(uint32_t a, uint32_t b) {
+  uint32_t r;
+  __asm__("pkhbt %0, %1, %2" : "=r"(r) : "r"(a), "r"(b));
+  return r;
+}
 /* acc + a.hi * b.lo */
 static inline int32_t tvmp_smlatb(uint32_t a, uint32_t b, int32_t acc) {
   return __smlatb((int32_t)a, (int32_t)b, acc);
@@ -72,6 +78,9 @@ static inline uint32_t tvmp_pkhtb16(uint32_t a, uint32_t b) {
 }
 static inline int32_t tvmp_smlatb(uint32_t a, uint32_t b, int32_t acc) {
   return acc + (int16_t)(a >> 16) * (int16_t)b;
+}
+static inline uint32_t tvmp_lo_hi(uint32_t a, uint32_t b) {
+  return (a & 0xffffu) | (b & 0xffff0000u);
 }
 static inline int32_t tvmp_smmulr(int32_t a, int32_t b) {
   return (int32_t)(((int64_t)a * b + (1ll << 31)) >> 32);
