@@ -106,13 +106,19 @@ def test_kernel_choices_are_applied_recorded_and_checked(kws):
                 if f.attrs is not None and "tvm_patch.position" in f.attrs}
 
     default = chosen(mod)
-    assert default[2] and not default[0] and not default[1]  # 1x1 in C; 10x4 and 25x5 not
+    assert default[0] and default[1] and default[2]  # 10x4 by columns, 25x5 padded, 1x1
     fp = fingerprint(graph)
-    schedule = Schedule((), fp, kernels=((0, "c"), (1, "c"), (2, "tvm")))
+    schedule = Schedule((), fp, kernels=((0, "tvm"), (1, "tvm"), (2, "c")))
     picked = PatchBasedInference(schedule)(mod)
-    assert chosen(picked) == {**default, 0: True, 1: True, 2: False}
+    assert chosen(picked) == {**default, 0: False, 1: False, 2: True}
     assert schedule_of(picked) == schedule
     assert chosen(PatchBasedInference(Schedule((), fp))(picked)) == default
+    # a 4x4 depthwise output stays on TVM's C by default; "c" asks for the C kernel
+    small = build_cnn(Spec(4, 4, 4, [Layer("conv", channels=4), Layer("dw", kernel=3)]))
+    dw = next(k for k, op in enumerate(read(small).ops) if op.kind == "depthwise_conv2d")
+    small_mod = tvm_patch.load(small)
+    assert not chosen(small_mod)[dw]
+    assert chosen(PatchBasedInference(Schedule(kernels=((dw, "c"),)))(small_mod))[dw]
     for kernels, pattern in [(((9, "c"),), "not a convolution"),
                              (((1, "c"),), "runs inside a fused block")]:
         with pytest.raises(ModelError) as e:
