@@ -170,9 +170,10 @@ void tvmp_conv_s8(const int8_t* x, const int8_t* w, const int32_t* bias, const i
                   int32_t in_offset, int32_t out_offset, int32_t lo, int32_t hi, int32_t fast);
 
 /* depthwise convolution, depth multiplier 1, dilation 1 (NHWC, weights 1 x kh x kw x c),
- * taps outside the image skipped (TFLite's padding). Each channel of x is copied into
- * `plane` (h * w bytes) before that channel of y is written, so y may be x itself (in
- * place), and windows read contiguous rows. */
+ * taps outside the image skipped (TFLite's padding). Each channel of x is copied before
+ * that channel of y is written, so y may be x itself (in place), and windows read
+ * contiguous rows: into a plane on the stack with the padding around it when that fits
+ * TVMP_DW_PADDED_MAX bytes (no window is then cut), else into `plane` (h * w bytes). */
 void tvmp_depthwise_s8(const int8_t* x, const int8_t* w, const int32_t* bias,
                        const int32_t* mult, const int32_t* shift, int8_t* y, int8_t* plane,
                        int32_t h, int32_t wd, int32_t c, int32_t oh, int32_t ow, int32_t kh,
