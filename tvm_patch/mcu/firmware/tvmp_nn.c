@@ -309,9 +309,6 @@ static inline __attribute__((always_inline)) void depthwise_padded_channel(
   const int32_t stride_w = a->stride_w, start = a->start, out_offset = a->out_offset;
   const int32_t lo = a->lo, hi = a->hi;
   const tvmp_rq_t q = a->q;
-#define PADDED_OUT(acc, out)                                                                \
-  *(out) = tvmp_clamp_s8((fast ? tvmp_rq_apply_fast(acc, q) : tvmp_rq_apply(acc, q)) +   \
-                         out_offset, lo, hi)
   for (int32_t oy = 0; oy < oh; ++oy) {
     const int8_t* p = padded + oy * stride_h * pw;
     int8_t* out = a->y + oy * ow * c;
@@ -320,14 +317,14 @@ static inline __attribute__((always_inline)) void depthwise_padded_channel(
       for (; ox + 2 <= ow; ox += 2, p += 2, out += 2 * c) {
         int32_t a0, a1;
         depthwise_window_3x3_pair(p, wp, pw, start, &a0, &a1);
-        PADDED_OUT(a0, out);
-        PADDED_OUT(a1, out + c);
+        out[0] = tvmp_requantize(a0, q, fast, out_offset, lo, hi);
+        out[c] = tvmp_requantize(a1, q, fast, out_offset, lo, hi);
       }
     }
     for (; ox < ow; ++ox, p += stride_w, out += c)
-      PADDED_OUT(depthwise_window(p, wp, pw, kh, kw, start), out);
+      *out = tvmp_requantize(depthwise_window(p, wp, pw, kh, kw, start), q, fast, out_offset,
+                             lo, hi);
   }
-#undef PADDED_OUT
 }
 
 /* each kernel size and requantization its own function, whose registers hold its loop */
@@ -453,7 +450,7 @@ static inline void store_pair(int16_t* p, uint32_t v) { __builtin_memcpy(p, &v, 
 
 /* x[k] + offset as int16, each 4 bytes [b0 b1 b2 b3] stored as the pairs [b0 b2] [b1 b3]
  * (the order SXTB16 widens the weights in), the last n % 4 in order. Each 4 bytes are read
- * before their 8 are written, so x may lie inside col from byte n on (im2col_row). */
+ * before their 8 are written, so x may lie inside col from byte n on (im2col). */
 static inline void widen(const int8_t* x, int16_t* col, int32_t n, int32_t offset) {
   const uint32_t off = tvmp_pair(offset);
   int32_t k = 0;
@@ -584,9 +581,8 @@ static inline __attribute__((always_inline)) void conv_columns_n(
       if (fast && n == 2) {  /* the common case, its branches taken out of the loop */
         for (int32_t o = run; o < end; ++o) {
           const tvmp_rq_t q = tvmp_rq(mult[o], shift[o], 1);
-          out[o] = tvmp_clamp_s8(tvmp_rq_apply_fast(sums[0][o - run], q) + out_offset, lo, hi);
-          out[cout + o] =
-              tvmp_clamp_s8(tvmp_rq_apply_fast(sums[1][o - run], q) + out_offset, lo, hi);
+          out[o] = tvmp_requantize(sums[0][o - run], q, 1, out_offset, lo, hi);
+          out[cout + o] = tvmp_requantize(sums[1][o - run], q, 1, out_offset, lo, hi);
         }
         continue;
       }

@@ -144,10 +144,17 @@ static inline int8_t tvmp_clamp_s8(int32_t v, int32_t lo, int32_t hi) {
   return (int8_t)(v > hi ? hi : v);
 }
 
+/* acc requantized (the fast form when `fast`), offset and clamped to the int8 output;
+ * kernels pass a constant `fast` where their loops are specialized for it */
+static inline int8_t tvmp_requantize(int32_t acc, tvmp_rq_t q, int32_t fast,
+                                     int32_t out_offset, int32_t lo, int32_t hi) {
+  return tvmp_clamp_s8((fast ? tvmp_rq_apply_fast(acc, q) : tvmp_rq_apply(acc, q)) +
+                       out_offset, lo, hi);
+}
+
 static inline int8_t tvmp_out_s8(int32_t acc, tvmp_rq_t q, int32_t out_offset, int32_t lo,
                                  int32_t hi) {
-  return tvmp_clamp_s8((q.fast ? tvmp_rq_apply_fast(acc, q) : tvmp_rq_apply(acc, q)) +
-                       out_offset, lo, hi);
+  return tvmp_requantize(acc, q, q.fast, out_offset, lo, hi);
 }
 
 /* Every kernel takes `fast`: 1 when the layer qualifies for tvmp_rq_apply_fast. */
