@@ -5,6 +5,7 @@ arm-none-eabi-gcc and measures the result from the ELF and its map."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -13,6 +14,7 @@ import subprocess
 from dataclasses import dataclass
 from importlib import resources
 
+from .. import cache
 from ..analysis.memory import largest_steps, plan_memory
 from ..graph import ModelError
 from ..kernels.variants import ATTR as VARIANT_ATTR
@@ -179,6 +181,10 @@ build/%.c.o: %.c board.h tvmp_model.h tvmp_kernels.h tvmp_nn.h
 \t@mkdir -p build
 \t$(CC) $(CFLAGS) -c $< -o $@
 
+build/tvmp_nn.c.o: tvmp_nn.c tvmp_nn.h
+\t@mkdir -p build
+\t$(CC) $(CFLAGS) -c $< -o $@
+
 build/weights.S.o: weights.S weights.bin
 \t@mkdir -p build
 \t$(CC) $(CFLAGS) -c $< -o $@
@@ -204,6 +210,7 @@ def build_firmware(directory) -> Firmware:
     need_toolchain()
     with open(os.path.join(directory, "project.json")) as f:
         project = json.load(f)
+    _cached_nn_object(directory)
     done = subprocess.run(["make", "-s", f"-j{os.cpu_count() or 1}", "-C", directory,
                            "build/firmware.elf"], capture_output=True, text=True)
     if done.returncode != 0:
@@ -218,6 +225,38 @@ def build_firmware(directory) -> Firmware:
         raise ModelError(f"building the firmware failed:\n{done.stderr[-2000:]}")
     elf = os.path.join(directory, "build", "firmware.elf")
     return measure(elf, project["stack_bytes"])
+
+
+def _cached_nn_object(directory: str) -> None:
+    """tvmp_nn.c (the hand-written kernels, seconds to compile at -O3) is the same in every
+    project: its object comes from the content-addressed cache (keyed by the source, the
+    Makefile's flags and the compiler), copied into build/ newer than its sources, so make
+    compiles only the model's own files. On a miss, make builds it here first."""
+    if not cache.enabled():
+        return
+    with open(os.path.join(directory, "Makefile")) as f:
+        flags = re.search(r"^CFLAGS = .*$", f.read(), re.M).group(0)
+    sources = [open(os.path.join(directory, n), "rb").read() for n in ("tvmp_nn.c", "tvmp_nn.h")]
+    target = os.path.join(directory, "build", "tvmp_nn.c.o")
+
+    def make(path):
+        subprocess.run(["make", "-s", "-C", directory, "build/tvmp_nn.c.o"], check=True,
+                       capture_output=True)
+        shutil.copyfile(target, path)
+    try:
+        entry = cache.fetch(cache.key("tvmp_nn object", _compiler(), flags, *sources) + ".o",
+                            make)
+    except subprocess.CalledProcessError:
+        return  # the full make below reports the error
+    if not os.path.exists(target):
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copyfile(entry, target)  # a fresh modification time: make takes it as built
+
+
+@functools.lru_cache(maxsize=None)
+def _compiler() -> str:
+    return subprocess.run(["arm-none-eabi-gcc", "--version"], capture_output=True,
+                          text=True).stdout
 
 
 def measure(elf: str, stack_reserved: int) -> Firmware:
