@@ -118,9 +118,9 @@ def test_default_choice_keeps_small_depthwise_layers_on_tvm_c():
 
 def test_stack_buffer_limits_are_the_firmware_ones():
     with open(os.path.join(FIRMWARE, "tvmp_nn.c")) as f:
-        source = f.read()
-    assert f"#define TVMP_COL_MAX {COL_MAX}\n" in source
-    assert f"#define TVMP_DW_PADDED_MAX {DW_PADDED_MAX}\n" in source
+        assert f"#define TVMP_COL_MAX {COL_MAX}\n" in f.read()
+    with open(os.path.join(FIRMWARE, "tvmp_nn.h")) as f:
+        assert f"#define TVMP_DW_PADDED_MAX {DW_PADDED_MAX}\n" in f.read()
 
 
 def test_default_choice_runs_narrow_convolutions_by_columns():

@@ -57,14 +57,14 @@ def c_kernel(op: Op, graph: Graph, n_params: int, workspace: int = 0,
     taps = int(np.prod(wt.shape[1:]))
     if op.kind == "conv2d" and tuple(wt.shape[1:3]) == (1, 1) and \
             tuple(a["stride"]) == (1, 1) and wt.shape[3] == c and (taps > COL_MAX or n > 1):
-        return {"name": "tvmp_conv1x1_s8", "args": tensors + [n * h * w, c, int(wt.shape[0])]
-                + quant}
+        return {"name": "tvmp_conv1x1_s8", "args": tensors + [
+            n * h, w, c, int(wt.shape[0]), w, w] + quant}
     _, oh, ow, _ = (int(d) for d in y.shape)
     if op.kind == "conv2d" and wt.shape[3] == c and n == 1 and \
             (taps <= COL_MAX or wt.shape[2] * c >= CONV_MIN_ROW or not default):
         return {"name": "tvmp_conv_s8", "args": tensors + [
             h, w, c, oh, ow, int(wt.shape[0]), int(wt.shape[1]), int(wt.shape[2]),
-            *map(int, a["stride"]), int(a["padding"][0]), int(a["padding"][1])] + quant}
+            *map(int, a["stride"]), int(a["padding"][0]), int(a["padding"][1]), w, ow] + quant}
     kh, kw = int(wt.shape[1]), int(wt.shape[2])
     padded = ((oh - 1) * a["stride"][0] + kh) * ((ow - 1) * a["stride"][1] + kw) + 8
     if op.kind == "depthwise_conv2d" and a["depth_multiplier"] == 1 and n == 1 and \
@@ -74,7 +74,7 @@ def c_kernel(op: Op, graph: Graph, n_params: int, workspace: int = 0,
             return None
         return {"name": "tvmp_depthwise_s8", "args": tensors + [
             "p6", h, w, c, oh, ow, int(wt.shape[1]), int(wt.shape[2]), *map(int, a["stride"]),
-            int(a["padding"][0]), int(a["padding"][1])] + quant}
+            int(a["padding"][0]), int(a["padding"][1]), w, ow] + quant}
     return None
 
 

@@ -1,4 +1,6 @@
 /* tvm_patch's hand-written int8 kernels (see tvmp_nn.h). */
+#include <math.h>
+
 #include "tvmp_nn.h"
 
 /* sum_c x[c] * w[c] for two inputs and two weight rows at once (2x2 register block):
@@ -62,10 +64,10 @@ static inline int32_t with_offset(int32_t bias, const int8_t* w, int32_t n, int3
   return (int32_t)((uint32_t)bias + (uint32_t)weight_sum(w, n) * (uint32_t)offset);
 }
 
-void tvmp_conv1x1_s8(const int8_t* x, const int8_t* w, const int32_t* bias,
-                     const int32_t* mult, const int32_t* shift, int8_t* y, int32_t positions,
-                     int32_t cin, int32_t cout, int32_t in_offset, int32_t out_offset,
-                     int32_t lo, int32_t hi, int32_t fast) {
+static void conv1x1_run(const int8_t* x, const int8_t* w, const int32_t* bias,
+                        const int32_t* mult, const int32_t* shift, int8_t* y, int32_t positions,
+                        int32_t cin, int32_t cout, int32_t in_offset, int32_t out_offset,
+                        int32_t lo, int32_t hi, int32_t fast) {
   int32_t o = 0;
   for (; o + 2 <= cout; o += 2) {  /* two weight rows against every position */
     const int8_t* w0 = w + o * cin;
@@ -98,6 +100,21 @@ void tvmp_conv1x1_s8(const int8_t* x, const int8_t* w, const int32_t* bias,
     for (int32_t p = 0; p < positions; ++p)
       y[p * cout + o] = tvmp_out_s8(dot_1x1(x + p * cin, w0, cin, b0), q0, out_offset, lo, hi);
   }
+}
+
+void tvmp_conv1x1_s8(const int8_t* x, const int8_t* w, const int32_t* bias,
+                     const int32_t* mult, const int32_t* shift, int8_t* y, int32_t rows,
+                     int32_t cols, int32_t cin, int32_t cout, int32_t x_row, int32_t y_row,
+                     int32_t in_offset, int32_t out_offset, int32_t lo, int32_t hi,
+                     int32_t fast) {
+  if (x_row == cols && y_row == cols) {  /* one run over every position */
+    conv1x1_run(x, w, bias, mult, shift, y, rows * cols, cin, cout, in_offset, out_offset, lo,
+                hi, fast);
+    return;
+  }
+  for (int32_t r = 0; r < rows; ++r)
+    conv1x1_run(x + r * x_row * cin, w, bias, mult, shift, y + r * y_row * cout, cols, cin,
+                cout, in_offset, out_offset, lo, hi, fast);
 }
 
 static inline void copy_bytes(int8_t* dst, const int8_t* src, int32_t n) {
@@ -199,7 +216,7 @@ static inline __attribute__((always_inline)) void depthwise_window_3x3_pair(
 typedef struct {
   const int8_t* plane;
   int8_t* y;
-  int32_t h, wd, c, oh, ow, kh, kw, stride_h, stride_w, pad_top, pad_left;
+  int32_t h, wd, c, oh, ow, y_row, kh, kw, stride_h, stride_w, pad_top, pad_left;
   int32_t x0, x1;           /* columns of outputs whose window is not cut horizontally */
   int32_t in_offset, out_offset, lo, hi;
 } depthwise_t;
@@ -240,7 +257,7 @@ static inline __attribute__((always_inline)) void depthwise_channel(
     const int32_t rows = ky1 - ky0;
     const int8_t* base = d->plane + (iy + ky0) * wd;
     const int32_t last = (rows - 1) * wd;  /* from base: the start of the last row read */
-    int8_t* out = d->y + oy * ow * c + ch;
+    int8_t* out = d->y + oy * d->y_row * c + ch;
     int32_t x1 = d->x1;  /* the interior, its last row's reads inside the plane */
     while (x1 > d->x0 && (iy + ky1 - 1) * wd + (x1 - 1) * sw - d->pad_left + reach > h * wd)
       --x1;
@@ -288,15 +305,12 @@ static inline __attribute__((always_inline)) void depthwise_channel(
 /* Small images (the padded plane within TVMP_DW_PADDED_MAX bytes): the channel is copied
  * into a plane on the stack with the padding around it (the input's zero point, whose sum
  * with the input offset is 0), so every window is whole and runs the same SIMD window. */
-#ifndef TVMP_DW_PADDED_MAX
-#define TVMP_DW_PADDED_MAX 1024
-#endif
 
 typedef struct {
   const int8_t* padded;
   int8_t* y;
   const uint32_t (*wp)[4];
-  int32_t pw, c, oh, ow, stride_h, stride_w, start, out_offset, lo, hi;
+  int32_t pw, c, oh, ow, y_row, stride_h, stride_w, start, out_offset, lo, hi;
   tvmp_rq_t q;
 } padded_channel_t;
 
@@ -311,7 +325,7 @@ static inline __attribute__((always_inline)) void depthwise_padded_channel(
   const tvmp_rq_t q = a->q;
   for (int32_t oy = 0; oy < oh; ++oy) {
     const int8_t* p = padded + oy * stride_h * pw;
-    int8_t* out = a->y + oy * ow * c;
+    int8_t* out = a->y + oy * a->y_row * c;
     int32_t ox = 0;
     if (kh == 3 && kw == 3 && stride_w == 1) {
       for (; ox + 2 <= ow; ox += 2, p += 2, out += 2 * c) {
@@ -349,8 +363,8 @@ static void depthwise_padded(const int8_t* x, const int8_t* w, const int32_t* bi
                              const int32_t* mult, const int32_t* shift, int8_t* y, int32_t h,
                              int32_t wd, int32_t c, int32_t oh, int32_t ow, int32_t kh,
                              int32_t kw, int32_t stride_h, int32_t stride_w, int32_t pad_top,
-                             int32_t pad_left, int32_t in_offset, int32_t out_offset,
-                             int32_t lo, int32_t hi, int32_t fast) {
+                             int32_t pad_left, int32_t x_row, int32_t y_row, int32_t in_offset,
+                             int32_t out_offset, int32_t lo, int32_t hi, int32_t fast) {
   const int32_t ph = (oh - 1) * stride_h + kh, pw = (ow - 1) * stride_w + kw;
   int8_t padded[TVMP_DW_PADDED_MAX];  /* ph * pw bytes, and 8 a window may read past them */
   fill_bytes(padded, (int8_t)(-in_offset), ph * pw + 8);
@@ -360,15 +374,15 @@ static void depthwise_padded(const int8_t* x, const int8_t* w, const int32_t* bi
   depthwise_weights_t t;
   for (int32_t ch = 0; ch < c; ++ch) {
     for (int32_t r = r0; r < r1; ++r) {  /* before y overwrites the channel */
-      const int8_t* src = x + ((r - pad_top) * wd - pad_left) * c + ch;
+      const int8_t* src = x + ((r - pad_top) * x_row - pad_left) * c + ch;
       for (int32_t qx = q0; qx < q1; ++qx) padded[r * pw + qx] = src[qx * c];
     }
     depthwise_tables(&t, w + ch, c, kh, kw, 0);
     int32_t start = bias[ch];
     for (int32_t ky = 0; ky < kh; ++ky) start += t.sum[0][ky] * in_offset;
     const tvmp_rq_t q = tvmp_rq(mult[ch], shift[ch], fast);
-    const padded_channel_t a = {padded, y + ch, t.wp[0], pw, c, oh, ow, stride_h, stride_w,
-                                start, out_offset, lo, hi, q};
+    const padded_channel_t a = {padded, y + ch, t.wp[0], pw, c, oh, ow, y_row, stride_h,
+                                stride_w, start, out_offset, lo, hi, q};
     if (kh == 3 && kw == 3)
       (fast ? depthwise_padded_3x3_fast : depthwise_padded_3x3)(&a);
     else if (kh == 5 && kw == 5)
@@ -384,15 +398,15 @@ void tvmp_depthwise_s8(const int8_t* x, const int8_t* w, const int32_t* bias,
                        const int32_t* mult, const int32_t* shift, int8_t* y, int8_t* plane,
                        int32_t h, int32_t wd, int32_t c, int32_t oh, int32_t ow, int32_t kh,
                        int32_t kw, int32_t stride_h, int32_t stride_w, int32_t pad_top,
-                       int32_t pad_left, int32_t in_offset, int32_t out_offset, int32_t lo,
-                       int32_t hi, int32_t fast) {
-  depthwise_t d = {plane, y, h, wd, c, oh, ow, kh, kw, stride_h, stride_w, pad_top, pad_left,
-                   0, 0, in_offset, out_offset, lo, hi};
+                       int32_t pad_left, int32_t x_row, int32_t y_row, int32_t in_offset,
+                       int32_t out_offset, int32_t lo, int32_t hi, int32_t fast) {
+  depthwise_t d = {plane, y, h, wd, c, oh, ow, y_row, kh, kw, stride_h, stride_w, pad_top,
+                   pad_left, 0, 0, in_offset, out_offset, lo, hi};
   const int simd = (kw == 3 || kw == 5 || kw == 7) && kh <= DW_MAX_K;
   const int32_t padded = ((oh - 1) * stride_h + kh) * ((ow - 1) * stride_w + kw) + 8;
   if (simd && padded <= TVMP_DW_PADDED_MAX) {
     depthwise_padded(x, w, bias, mult, shift, y, h, wd, c, oh, ow, kh, kw, stride_h, stride_w,
-                     pad_top, pad_left, in_offset, out_offset, lo, hi, fast);
+                     pad_top, pad_left, x_row, y_row, in_offset, out_offset, lo, hi, fast);
     return;
   }
   /* columns of outputs whose window is not cut horizontally */
@@ -406,13 +420,14 @@ void tvmp_depthwise_s8(const int8_t* x, const int8_t* w, const int32_t* bias,
   cut = cut < 0 ? 0 : cut > kw - 1 ? kw - 1 : cut;
   depthwise_weights_t t;  /* 1.9 KB of the stack region, whose high-water mark is measured */
   for (int32_t ch = 0; ch < c; ++ch) {
-    for (int32_t i = 0; i < h * wd; ++i) plane[i] = x[i * c + ch];  /* before y overwrites it */
+    for (int32_t r = 0; r < h; ++r)  /* before y overwrites it */
+      for (int32_t q = 0; q < wd; ++q) plane[r * wd + q] = x[(r * x_row + q) * c + ch];
     const tvmp_rq_t q = tvmp_rq(mult[ch], shift[ch], fast);
     if (!simd) {
       for (int32_t i = 0; i < kh * kw; ++i) t.wk[i] = w[i * c + ch];
       for (int32_t oy = 0; oy < oh; ++oy)
         for (int32_t ox = 0; ox < ow; ++ox)
-          y[(oy * ow + ox) * c + ch] = tvmp_out_s8(
+          y[(oy * y_row + ox) * c + ch] = tvmp_out_s8(
               depthwise_clipped(plane, t.wk, h, wd, oy * stride_h - pad_top,
                                 ox * stride_w - pad_left, kh, kw, in_offset, bias[ch]),
               q, out_offset, lo, hi);
@@ -465,8 +480,29 @@ static inline void widen(const int8_t* x, int16_t* col, int32_t n, int32_t offse
 
 typedef struct {
   const int8_t* x;
-  int32_t h, wd, cin, kh, kw, taps, in_offset;
+  const float* xf;  /* instead of x: a float image, quantized as its windows are gathered */
+  float scale, low, high;  /* its quantization: scale, and the int8 range minus zp */
+  int32_t h, wd, x_row, cin, kh, kw, taps, in_offset;
 } conv_window_t;
+
+/* TFLite's QUANTIZE of one float: divided in float32, rounded half away from zero, NaN to
+ * the zero point (kernels/ops.py quantize, whose bytes the TVM-generated C computes) */
+static inline int8_t quantize_f32(float v, const conv_window_t* g) {
+  const float q = v / g->scale;
+  if (q != q) return (int8_t)(-g->in_offset);
+  float r = roundf(q);
+  r = r < g->low ? g->low : r;
+  r = r > g->high ? g->high : r;
+  return (int8_t)((int32_t)r - g->in_offset);
+}
+
+static void gather(const conv_window_t* g, int8_t* dst, int32_t at, int32_t n) {
+  if (g->xf == 0) {
+    copy_bytes(dst, g->x + at, n);
+    return;
+  }
+  for (int32_t k = 0; k < n; ++k) dst[k] = quantize_f32(g->xf[at + k], g);
+}
 
 /* the window at input row iy, column ix into col (2 * taps bytes): its bytes are gathered
  * into the upper half (the input's zero point where the window leaves the image), then
@@ -482,8 +518,8 @@ static void im2col(const conv_window_t* g, int32_t iy, int32_t ix, int16_t* col)
       continue;
     }
     fill_bytes(raw, zp, kx0 * g->cin);
-    copy_bytes(raw + kx0 * g->cin, g->x + ((iy + ky) * g->wd + ix + kx0) * g->cin,
-               (kx1 - kx0) * g->cin);
+    gather(g, raw + kx0 * g->cin, ((iy + ky) * g->x_row + ix + kx0) * g->cin,
+           (kx1 - kx0) * g->cin);
     fill_bytes(raw + kx1 * g->cin, zp, (g->kw - kx1) * g->cin);
   }
   widen((int8_t*)col + g->taps, col, g->taps, g->in_offset);
@@ -533,7 +569,7 @@ typedef struct {
   const int8_t* w;
   const int32_t *bias, *mult, *shift;
   int8_t* y;
-  int32_t oh, ow, cout, stride_h, stride_w, pad_top, pad_left, out_offset, lo, hi, fast;
+  int32_t oh, ow, y_row, cout, stride_h, stride_w, pad_top, pad_left, out_offset, lo, hi, fast;
 } conv_output_t;
 
 /* the layer by columns; taps <= TVMP_COL_MAX, a constant where inlined */
@@ -542,7 +578,8 @@ static inline __attribute__((always_inline)) void conv_columns_n(
   const int8_t* w = a->w;
   const int32_t *bias = a->bias, *mult = a->mult, *shift = a->shift;
   int8_t* y = a->y;
-  const int32_t oh = a->oh, ow = a->ow, cout = a->cout, stride_h = a->stride_h;
+  const int32_t oh = a->oh, ow = a->ow, y_row = a->y_row, cout = a->cout;
+  const int32_t stride_h = a->stride_h;
   const int32_t stride_w = a->stride_w, pad_top = a->pad_top, pad_left = a->pad_left;
   const int32_t out_offset = a->out_offset, lo = a->lo, hi = a->hi, fast = a->fast;
   /* two columns of int16, each at a 4-byte boundary (at least the unrolled sizes' own, for
@@ -550,21 +587,23 @@ static inline __attribute__((always_inline)) void conv_columns_n(
   uint32_t buffer[TVMP_COL_MAX > 64 ? TVMP_COL_MAX : 64];
   const int32_t step = (taps + 1) & ~1;
   const int pointwise = g->kh == 1 && g->kw == 1 && stride_h == 1 && stride_w == 1 &&
-                        pad_top == 0 && pad_left == 0;
+                        pad_top == 0 && pad_left == 0 && g->xf == 0;
   int16_t* cols[2] = {(int16_t*)buffer, (int16_t*)buffer + step};
   const int32_t positions = oh * ow;
   int32_t oy = 0, ox = 0;
   for (int32_t p = 0; p < positions; p += 2) {
     const int32_t n = p + 1 < positions ? 2 : 1;
+    int8_t* outs[2];
     for (int32_t j = 0; j < n; ++j) {
       if (pointwise)
-        widen(g->x + (p + j) * g->cin, cols[j], taps, g->in_offset);
+        widen(g->x + (oy * g->x_row + ox) * g->cin, cols[j], taps, g->in_offset);
       else
         im2col(g, oy * stride_h - pad_top, ox * stride_w - pad_left, cols[j]);
+      outs[j] = y + (oy * y_row + ox) * cout;
       if (++ox == ow) ox = 0, ++oy;
     }
     const int16_t* c1 = cols[n - 1];
-    int8_t* out = y + p * cout;
+    int8_t *out = outs[0], *out1 = outs[n - 1];
     /* the sums of a run of channels first, then their requantization, whose parameters
      * then stay in registers */
     for (int32_t run = 0; run < cout; run += CONV_RUN) {
@@ -582,14 +621,14 @@ static inline __attribute__((always_inline)) void conv_columns_n(
         for (int32_t o = run; o < end; ++o) {
           const tvmp_rq_t q = tvmp_rq(mult[o], shift[o], 1);
           out[o] = tvmp_requantize(sums[0][o - run], q, 1, out_offset, lo, hi);
-          out[cout + o] = tvmp_requantize(sums[1][o - run], q, 1, out_offset, lo, hi);
+          out1[o] = tvmp_requantize(sums[1][o - run], q, 1, out_offset, lo, hi);
         }
         continue;
       }
       for (int32_t o = run; o < end; ++o) {
         const tvmp_rq_t q = tvmp_rq(mult[o], shift[o], fast);
         out[o] = tvmp_out_s8(sums[0][o - run], q, out_offset, lo, hi);
-        if (n == 2) out[cout + o] = tvmp_out_s8(sums[1][o - run], q, out_offset, lo, hi);
+        if (n == 2) out1[o] = tvmp_out_s8(sums[1][o - run], q, out_offset, lo, hi);
       }
     }
   }
@@ -624,14 +663,14 @@ static void conv_columns(const conv_window_t* g, const conv_output_t* a) {
 /* one output of a convolution whose window may be cut by the image's sides: the rows and
  * columns of taps inside, each row's taps (kx..kx1 by all channels) contiguous in x and w */
 static int32_t conv_clipped(const int8_t* x, const int8_t* w, int32_t h, int32_t wd,
-                            int32_t cin, int32_t kh, int32_t kw, int32_t iy, int32_t ix,
-                            int32_t in_offset, int32_t acc) {
+                            int32_t x_row, int32_t cin, int32_t kh, int32_t kw, int32_t iy,
+                            int32_t ix, int32_t in_offset, int32_t acc) {
   const int32_t ky0 = iy < 0 ? -iy : 0, ky1 = h - iy < kh ? h - iy : kh;
   const int32_t kx0 = ix < 0 ? -ix : 0, kx1 = wd - ix < kw ? wd - ix : kw;
   const int32_t n = (kx1 - kx0) * cin;
   for (int32_t ky = ky0; ky < ky1; ++ky) {
     const int8_t* wr = w + (ky * kw + kx0) * cin;
-    acc = dot_1x1(x + ((iy + ky) * wd + ix + kx0) * cin, wr, n, acc);
+    acc = dot_1x1(x + ((iy + ky) * x_row + ix + kx0) * cin, wr, n, acc);
     acc += weight_sum(wr, n) * in_offset;
   }
   return acc;
@@ -641,11 +680,13 @@ void tvmp_conv_s8(const int8_t* x, const int8_t* w, const int32_t* bias, const i
                   const int32_t* shift, int8_t* y, int32_t h, int32_t wd, int32_t cin,
                   int32_t oh, int32_t ow, int32_t cout, int32_t kh, int32_t kw,
                   int32_t stride_h, int32_t stride_w, int32_t pad_top, int32_t pad_left,
-                  int32_t in_offset, int32_t out_offset, int32_t lo, int32_t hi, int32_t fast) {
+                  int32_t x_row, int32_t y_row, int32_t in_offset, int32_t out_offset,
+                  int32_t lo, int32_t hi, int32_t fast) {
   const int32_t row = kw * cin, taps = kh * kw * cin;
   if (taps <= TVMP_COL_MAX) {
-    const conv_window_t g = {x, h, wd, cin, kh, kw, taps, in_offset};
-    const conv_output_t a = {w, bias, mult, shift, y, oh, ow, cout, stride_h, stride_w,
+    const conv_window_t g = {x, 0, 1.0f, 0.0f, 0.0f, h, wd, x_row, cin, kh, kw, taps,
+                             in_offset};
+    const conv_output_t a = {w, bias, mult, shift, y, oh, ow, y_row, cout, stride_h, stride_w,
                              pad_top, pad_left, out_offset, lo, hi, fast};
     conv_columns(&g, &a);
     return;
@@ -667,17 +708,17 @@ void tvmp_conv_s8(const int8_t* x, const int8_t* w, const int32_t* bias, const i
     const tvmp_rq_t q1 = pair ? tvmp_rq(mult[o + 1], shift[o + 1], fast) : q0;
     for (int32_t oy = 0; oy < oh; ++oy) {
       const int32_t iy = oy * stride_h - pad_top;
-      int8_t* out = y + oy * ow * cout + o;
+      int8_t* out = y + oy * y_row * cout + o;
       const int inside = oy >= y0 && oy < y1;
       for (int32_t ox = 0; ox < ow;) {
         const int32_t ix = ox * stride_w - pad_left;
         if (inside && ox >= x0 && ox + 1 < x1) {  /* two uncut windows, two channels */
           int32_t acc[4] = {s0, s1, s0, s1};
-          const int8_t* xa = x + (iy * wd + ix) * cin;
+          const int8_t* xa = x + (iy * x_row + ix) * cin;
           const int8_t* xb = xa + stride_w * cin;
           for (int32_t ky = 0; ky < kh; ++ky)
-            dot_2x2(xa + ky * wd * cin, xb + ky * wd * cin, w0 + ky * row, w1 + ky * row, row,
-                    acc);
+            dot_2x2(xa + ky * x_row * cin, xb + ky * x_row * cin, w0 + ky * row, w1 + ky * row,
+                    row, acc);
           out[ox * cout] = tvmp_out_s8(acc[0], q0, out_offset, lo, hi);
           out[(ox + 1) * cout] = tvmp_out_s8(acc[2], q0, out_offset, lo, hi);
           if (pair) {
@@ -689,15 +730,15 @@ void tvmp_conv_s8(const int8_t* x, const int8_t* w, const int32_t* bias, const i
         }
         int32_t a0, a1;
         if (inside && ox >= x0 && ox < x1) {
-          const int8_t* xa = x + (iy * wd + ix) * cin;
+          const int8_t* xa = x + (iy * x_row + ix) * cin;
           a0 = s0, a1 = s1;
           for (int32_t ky = 0; ky < kh; ++ky) {
-            a0 = dot_1x1(xa + ky * wd * cin, w0 + ky * row, row, a0);
-            a1 = dot_1x1(xa + ky * wd * cin, w1 + ky * row, row, a1);
+            a0 = dot_1x1(xa + ky * x_row * cin, w0 + ky * row, row, a0);
+            a1 = dot_1x1(xa + ky * x_row * cin, w1 + ky * row, row, a1);
           }
         } else {
-          a0 = conv_clipped(x, w0, h, wd, cin, kh, kw, iy, ix, in_offset, b0);
-          a1 = conv_clipped(x, w1, h, wd, cin, kh, kw, iy, ix, in_offset, b1);
+          a0 = conv_clipped(x, w0, h, wd, x_row, cin, kh, kw, iy, ix, in_offset, b0);
+          a1 = conv_clipped(x, w1, h, wd, x_row, cin, kh, kw, iy, ix, in_offset, b1);
         }
         out[ox * cout] = tvmp_out_s8(a0, q0, out_offset, lo, hi);
         if (pair) out[ox * cout + 1] = tvmp_out_s8(a1, q1, out_offset, lo, hi);
@@ -705,4 +746,17 @@ void tvmp_conv_s8(const int8_t* x, const int8_t* w, const int32_t* bias, const i
       }
     }
   }
+}
+
+void tvmp_conv_f32_s8(const float* x, float scale, int32_t zero_point, const int8_t* w,
+                      const int32_t* bias, const int32_t* mult, const int32_t* shift, int8_t* y,
+                      int32_t h, int32_t wd, int32_t cin, int32_t oh, int32_t ow, int32_t cout,
+                      int32_t kh, int32_t kw, int32_t stride_h, int32_t stride_w,
+                      int32_t pad_top, int32_t pad_left, int32_t x_row, int32_t y_row,
+                      int32_t out_offset, int32_t lo, int32_t hi, int32_t fast) {
+  const conv_window_t g = {0, x, scale, (float)(-128 - zero_point), (float)(127 - zero_point),
+                           h, wd, x_row, cin, kh, kw, kh * kw * cin, -zero_point};
+  const conv_output_t a = {w, bias, mult, shift, y, oh, ow, y_row, cout, stride_h, stride_w,
+                           pad_top, pad_left, out_offset, lo, hi, fast};
+  conv_columns(&g, &a);
 }

@@ -157,14 +157,22 @@ static inline int8_t tvmp_out_s8(int32_t acc, tvmp_rq_t q, int32_t out_offset, i
   return tvmp_requantize(acc, q, q.fast, out_offset, lo, hi);
 }
 
-/* Every kernel takes `fast`: 1 when the layer qualifies for tvmp_rq_apply_fast. */
+/* the largest padded depthwise plane on the stack, bytes (tvmp_depthwise_s8) */
+#ifndef TVMP_DW_PADDED_MAX
+#define TVMP_DW_PADDED_MAX 1024
+#endif
 
-/* 1x1 convolution, stride 1, over `positions` pixels (NHWC, weights OHWI):
+/* Every kernel takes `fast`: 1 when the layer qualifies for tvmp_rq_apply_fast, and the
+ * row pitches of its input and output, x_row and y_row pixels: a whole tensor's width, or
+ * the width of the buffer a rectangle of it lies in (a fused block's tile regions). */
+
+/* 1x1 convolution, stride 1, over rows x cols pixels (NHWC, weights OHWI):
  * y[p][o] = clamp(requantize(bias[o] + sum_c (x[p][c] + in_offset) * w[o][c]) + out_offset) */
 void tvmp_conv1x1_s8(const int8_t* x, const int8_t* w, const int32_t* bias,
-                     const int32_t* mult, const int32_t* shift, int8_t* y, int32_t positions,
-                     int32_t cin, int32_t cout, int32_t in_offset, int32_t out_offset,
-                     int32_t lo, int32_t hi, int32_t fast);
+                     const int32_t* mult, const int32_t* shift, int8_t* y, int32_t rows,
+                     int32_t cols, int32_t cin, int32_t cout, int32_t x_row, int32_t y_row,
+                     int32_t in_offset, int32_t out_offset, int32_t lo, int32_t hi,
+                     int32_t fast);
 
 /* convolution, dilation 1, any kernel and stride (NHWC, weights OHWI, input channels
  * matching), taps outside the image skipped. Two positions at a time: windows of at most
@@ -174,7 +182,17 @@ void tvmp_conv_s8(const int8_t* x, const int8_t* w, const int32_t* bias, const i
                   const int32_t* shift, int8_t* y, int32_t h, int32_t wd, int32_t cin,
                   int32_t oh, int32_t ow, int32_t cout, int32_t kh, int32_t kw,
                   int32_t stride_h, int32_t stride_w, int32_t pad_top, int32_t pad_left,
-                  int32_t in_offset, int32_t out_offset, int32_t lo, int32_t hi, int32_t fast);
+                  int32_t x_row, int32_t y_row, int32_t in_offset, int32_t out_offset,
+                  int32_t lo, int32_t hi, int32_t fast);
+
+/* the same over a float image quantized to int8 (scale, zero_point: TFLite's QUANTIZE) as
+ * its windows are gathered; windows of at most TVMP_COL_MAX taps only */
+void tvmp_conv_f32_s8(const float* x, float scale, int32_t zero_point, const int8_t* w,
+                      const int32_t* bias, const int32_t* mult, const int32_t* shift, int8_t* y,
+                      int32_t h, int32_t wd, int32_t cin, int32_t oh, int32_t ow, int32_t cout,
+                      int32_t kh, int32_t kw, int32_t stride_h, int32_t stride_w,
+                      int32_t pad_top, int32_t pad_left, int32_t x_row, int32_t y_row,
+                      int32_t out_offset, int32_t lo, int32_t hi, int32_t fast);
 
 /* depthwise convolution, depth multiplier 1, dilation 1 (NHWC, weights 1 x kh x kw x c),
  * taps outside the image skipped (TFLite's padding). Each channel of x is copied before
@@ -185,7 +203,7 @@ void tvmp_depthwise_s8(const int8_t* x, const int8_t* w, const int32_t* bias,
                        const int32_t* mult, const int32_t* shift, int8_t* y, int8_t* plane,
                        int32_t h, int32_t wd, int32_t c, int32_t oh, int32_t ow, int32_t kh,
                        int32_t kw, int32_t stride_h, int32_t stride_w, int32_t pad_top,
-                       int32_t pad_left, int32_t in_offset, int32_t out_offset, int32_t lo,
-                       int32_t hi, int32_t fast);
+                       int32_t pad_left, int32_t x_row, int32_t y_row, int32_t in_offset,
+                       int32_t out_offset, int32_t lo, int32_t hi, int32_t fast);
 
 #endif
