@@ -24,6 +24,7 @@ from .. import cache
 from ..analysis.memory import ALIGN, Plan
 from ..graph import ModelError
 from ..kernels.lower import compaction_passes
+from ..kernels.c_block import block_source
 from ..kernels.variants import ATTR as VARIANT_ATTR
 
 C_TARGET = tvm.target.Target({"kind": "c"})
@@ -33,6 +34,7 @@ KERNELS_H = """\
 #define TVMP_KERNELS_H
 #include <stdbool.h>
 #include <stdint.h>
+#include "tvmp_block.h"
 #include "tvmp_nn.h"
 
 /* sum over k < n of (x[k] + offset) * w[k], offset in [-128, 128]: the int8 dot product
@@ -294,6 +296,8 @@ def variant_source(name: str, func: tirx.PrimFunc) -> str | None:
     if attrs is None or VARIANT_ATTR not in attrs:
         return None
     variant = json.loads(str(attrs[VARIANT_ATTR]))
+    if "block" in variant:
+        return block_source(name, variant["block"], len(func.params))
     names = [f"p{k}" for k in range(len(func.params))]
     params = ", ".join(f"void* {p}" for p in names)
     args = [a if a in names else str(int(a)) for a in variant["args"]]

@@ -43,7 +43,9 @@ BOARDS = {
     "qemu-m7": Board("qemu-m7", 0x00000000, "board_qemu_m7.c",
                      "qemu-system-arm -M mps2-an500 -cpu cortex-m7, UART0"),
 }
-FIRMWARE = ("board.h", "startup.c", "server.c", "tvmp_nn.h", "tvmp_nn.c")
+FIRMWARE = ("board.h", "startup.c", "server.c", "tvmp_nn.h", "tvmp_nn.c", "tvmp_block.h",
+            "tvmp_block.c")
+HAND_WRITTEN = {"tvmp_nn.c": ("tvmp_nn.h",), "tvmp_block.c": ("tvmp_block.h", "tvmp_nn.h")}
 
 
 @dataclass
@@ -121,13 +123,15 @@ def write_project(mod, target: str, directory, stack_bytes: int = STACK_BYTES,
 
 
 def _c_kernel(mod, func: str) -> str | None:
-    """The hand-written C kernel a step runs (kernels/variants.py), None for TVM's C."""
+    """The hand-written C kernel a step runs (kernels/variants.py; tvmp_block_run for a
+    fused block, kernels/c_block.py), None for TVM's C."""
     try:
         attrs = mod[func].attrs
     except (KeyError, ValueError):
         return None
-    return json.loads(str(attrs[VARIANT_ATTR]))["name"] \
-        if attrs is not None and VARIANT_ATTR in attrs else None
+    if attrs is None or VARIANT_ATTR not in attrs:
+        return None
+    return json.loads(str(attrs[VARIANT_ATTR])).get("name", "tvmp_block_run")
 
 
 def _io(plan, name) -> dict:
@@ -172,16 +176,20 @@ OBJCOPY = arm-none-eabi-objcopy
 CFLAGS = {CFLAGS} -O3 -std=c11 -ffp-contract=off -ffunction-sections -fdata-sections -Wall -Wno-maybe-uninitialized
 LDFLAGS = -T firmware.ld -nostartfiles --specs=nano.specs --specs=nosys.specs \\
           -Wl,--gc-sections -Wl,-Map=build/firmware.map
-SOURCES = startup.c board.c server.c model.c kernels.c tvmp_nn.c weights.S
+SOURCES = startup.c board.c server.c model.c kernels.c tvmp_nn.c tvmp_block.c weights.S
 OBJECTS = $(SOURCES:%=build/%.o)
 
 all: build/firmware.elf
 
-build/%.c.o: %.c board.h tvmp_model.h tvmp_kernels.h tvmp_nn.h
+build/%.c.o: %.c board.h tvmp_model.h tvmp_kernels.h tvmp_nn.h tvmp_block.h
 \t@mkdir -p build
 \t$(CC) $(CFLAGS) -c $< -o $@
 
 build/tvmp_nn.c.o: tvmp_nn.c tvmp_nn.h
+\t@mkdir -p build
+\t$(CC) $(CFLAGS) -c $< -o $@
+
+build/tvmp_block.c.o: tvmp_block.c tvmp_block.h tvmp_nn.h
 \t@mkdir -p build
 \t$(CC) $(CFLAGS) -c $< -o $@
 
@@ -210,7 +218,8 @@ def build_firmware(directory) -> Firmware:
     need_toolchain()
     with open(os.path.join(directory, "project.json")) as f:
         project = json.load(f)
-    _cached_nn_object(directory)
+    for source in HAND_WRITTEN:
+        _cached_object(directory, source)
     done = subprocess.run(["make", "-s", f"-j{os.cpu_count() or 1}", "-C", directory,
                            "build/firmware.elf"], capture_output=True, text=True)
     if done.returncode != 0:
@@ -227,24 +236,26 @@ def build_firmware(directory) -> Firmware:
     return measure(elf, project["stack_bytes"])
 
 
-def _cached_nn_object(directory: str) -> None:
-    """tvmp_nn.c (the hand-written kernels, seconds to compile at -O3) is the same in every
-    project: its object comes from the content-addressed cache (keyed by the source, the
-    Makefile's flags and the compiler), copied into build/ newer than its sources, so make
-    compiles only the model's own files. On a miss, make builds it here first."""
+def _cached_object(directory: str, source: str) -> None:
+    """A hand-written C file (HAND_WRITTEN: the kernels take seconds to compile at -O3) is
+    the same in every project: its object comes from the content-addressed cache (keyed by
+    the source, its headers, the Makefile's flags and the compiler), copied into build/
+    newer than its sources, so make compiles only the model's own files. On a miss, make
+    builds it here first."""
     if not cache.enabled():
         return
     with open(os.path.join(directory, "Makefile")) as f:
         flags = re.search(r"^CFLAGS = .*$", f.read(), re.M).group(0)
-    sources = [open(os.path.join(directory, n), "rb").read() for n in ("tvmp_nn.c", "tvmp_nn.h")]
-    target = os.path.join(directory, "build", "tvmp_nn.c.o")
+    sources = [open(os.path.join(directory, n), "rb").read()
+               for n in (source, *HAND_WRITTEN[source])]
+    target = os.path.join(directory, "build", source + ".o")
 
     def make(path):
-        subprocess.run(["make", "-s", "-C", directory, "build/tvmp_nn.c.o"], check=True,
+        subprocess.run(["make", "-s", "-C", directory, f"build/{source}.o"], check=True,
                        capture_output=True)
         shutil.copyfile(target, path)
     try:
-        entry = cache.fetch(cache.key("tvmp_nn object", _compiler(), flags, *sources) + ".o",
+        entry = cache.fetch(cache.key(f"{source} object", _compiler(), flags, *sources) + ".o",
                             make)
     except subprocess.CalledProcessError:
         return  # the full make below reports the error

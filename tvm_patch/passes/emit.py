@@ -20,6 +20,7 @@ from tvm import relax
 
 from ..graph import Graph, ModelError, to_record
 from ..kernels.lower import activation_inputs, lower_op
+from ..kernels.variants import ATTR as VARIANT_ATTR
 from ..kernels.variants import with_choice
 from ..schedule.arena import Call
 from ..schedule.cost import units
@@ -97,8 +98,24 @@ def _emit_stage(bb, stage, kernel, graph, env, number):
         "ops": [f"{op.source or op.kind}@{op.index}" for op in stage.ops],
         "tile_buffers": kernel.tile_buffers}}
     func = kernel.func.with_attr("tvm_patch.op", json.dumps(describe))
+    func = _block_choice(func, stage, kernel)
     name = "patch_stage" if number == 0 else f"patch_stage_{number}"  # blocks in order
     return _emit_call(bb, name, func, kernel, [env[stage.input]], graph.t(stage.output))
+
+
+def _block_choice(func, stage, kernel):
+    """The block's kernel (Block.kernel): the firmware's C kernels over its tiles
+    (kernels/c_block.py) when every operator has one, unless it asks for "tvm" (TVM's C of
+    its loop nest); "c" for a block that cannot run in C is a ModelError."""
+    b = stage.block
+    if kernel.c_table is None and b.kernel == "c":
+        raise ModelError(f"block {b.first}-{b.last}: not every operator has a C kernel for a "
+                         f"tile (the schedule asks for kernel \"c\"); blocks run in C when "
+                         f"they hold int8 convolutions, depthwise 3x3-7x7, ADDs and a leading "
+                         f"QUANTIZE only")
+    if kernel.c_table is None or b.kernel == "tvm":
+        return func
+    return func.with_attr(VARIANT_ATTR, json.dumps({"block": kernel.c_table}))
 
 
 def _emit_call(bb, name, func, kernel, inputs, out):

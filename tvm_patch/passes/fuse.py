@@ -21,6 +21,7 @@ import tvm_ffi
 from tvm import s_tir, te, tirx
 
 from ..graph import Graph, ModelError, Op
+from ..kernels.c_block import c_block
 from ..kernels.lower import Kernel, allocations, buffer_bytes, compact, into_workspace
 from ..kernels.ops import COMPUTES
 from ..schedule.regions import (CONVS, POOLS, REDUCE_SUM, WINDOWED, Stage, plan_tiles,
@@ -34,6 +35,7 @@ SUM, MEAN = REDUCE_SUM, "mean"   # the blocks of kernels/nonlinear.py's MEAN
 class StageKernel(Kernel):
     tile_buffers: dict = None   # tile buffer name -> bytes, as the lowered TIR allocates them
     offsets: dict = None        # tile buffer name -> byte offset in the workspace
+    c_table: dict = None        # the block for the firmware's C kernels (kernels/c_block.py)
 
 
 def lower_stage(stage: Stage, graph: Graph) -> StageKernel:
@@ -61,8 +63,9 @@ def lower_stage(stage: Stage, graph: Graph) -> StageKernel:
     offsets, workspace = plan_tiles(stage, sizes)
     func = into_workspace(func, tiles, offsets, workspace)
     func = _shift_cached_rows(func, builder, tiles)
+    table = c_block(stage, graph, [ph.name for ph, _ in builder.consts], offsets)
     return StageKernel(func, [arr for _, arr in builder.consts], macs, workspace, True,
-                       sizes, offsets)
+                       sizes, offsets, table)
 
 
 class _Builder:

@@ -16,7 +16,10 @@ before it never exists whole. No blocks means layer by layer. `model` fingerprin
 the schedule was made for, so one made for another model is refused. `kernels` (optional)
 overrides, per convolution outside the blocks (by graph position), which code runs it on the
 microcontroller: "c" our hand-written kernel (mcu/firmware/tvmp_nn.c), "tvm" TVM's generated
-C; unnamed layers get kernels/variants.py's default choice. Kernels change no memory."""
+C; unnamed layers get kernels/variants.py's default choice. A block's own "kernel" does the
+same for the whole block: "c" runs it by the hand-written kernels over its tiles
+(kernels/c_block.py), "tvm" runs TVM's C of its loop nest; without it, C wherever every
+operator of the block has a C kernel. Kernels change no memory."""
 
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ class Block:
     last: int
     grid: tuple                          # tiles along (H, W) of the block's tiled output
     halo: tuple = ("recompute", "recompute")
+    kernel: str | None = None            # "c", "tvm", or None: the default (see the module doc)
 
     def __post_init__(self):
         object.__setattr__(self, "grid", tuple(int(g) for g in self.grid))
@@ -69,7 +73,8 @@ class Schedule:
         return {"format": FORMAT, "version": VERSION, "model": self.model,
                 "io_type": self.io_type,
                 "blocks": [{"first": b.first, "last": b.last, "grid": list(b.grid),
-                            "halo": list(b.halo)} for b in self.blocks],
+                            "halo": list(b.halo), **({"kernel": b.kernel} if b.kernel else {})}
+                           for b in self.blocks],
                 "kernels": {str(p): k for p, k in self.kernels}}
 
     def dumps(self) -> str:
@@ -90,7 +95,8 @@ class Schedule:
                         f"{ops[-1].source or ops[-1].kind}@{ops[-1].index})"
             halo = "" if b.halo == ("recompute", "recompute") else \
                 f", halo {'/'.join(b.halo)}"
-            parts.append(f"{b.grid[0]}x{b.grid[1]} tiles over {span}{halo}")
+            kernel = f", kernel {b.kernel}" if b.kernel else ""
+            parts.append(f"{b.grid[0]}x{b.grid[1]} tiles over {span}{halo}{kernel}")
         return "; ".join(parts) + kernels
 
 
@@ -146,7 +152,10 @@ def _block(rec, k: int, where: str) -> Block:
         raise ModelError(f"{bad}: grid {grid!r} must be two positive integers [rows, columns]")
     if not (isinstance(halo, list) and len(halo) == 2 and all(h in HALOS for h in halo)):
         raise ModelError(f"{bad}: halo {halo!r} must be two of {', '.join(HALOS)}")
-    return Block(first, last, tuple(grid), tuple(halo))
+    kernel = rec.get("kernel")
+    if kernel is not None and kernel not in KERNELS:
+        raise ModelError(f"{bad}: kernel {kernel!r} must be one of {', '.join(KERNELS)}")
+    return Block(first, last, tuple(grid), tuple(halo), kernel)
 
 
 def _int(v) -> bool:

@@ -1,0 +1,120 @@
+"""Fused blocks by the hand-written kernels (kernels/c_block.py, mcu/firmware/tvmp_block.c):
+the firmware's C sources (TVM's C kernels, the block tables, model.c over the arena)
+compiled for this host, run against TFLite Micro on random networks and random multi-block
+schedules. The emulator runs the same sources with the DSP instructions (test_mcu.py,
+test_io_type.py)."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, event, given, settings, strategies as st
+
+import tvm_patch
+from random_cnn import Layer, Spec, build as build_cnn
+from test_schedule import draw_schedule, networks, random_input
+from tvm_patch import reference
+from tvm_patch.frontend import read
+from tvm_patch.graph import ModelError
+from tvm_patch.mcu import write_project
+from tvm_patch.passes import PatchBasedInference
+from tvm_patch.schedule.regions import plan_block
+from tvm_patch.schedule.schedule import Block, Schedule, fingerprint
+
+STUB = "#include <stdint.h>\nvoid tvmp_mark(uint32_t layer) { (void)layer; }\n"
+
+
+def host_firmware(mod, directory):
+    """The firmware project's model sources as a host library: (library, project)."""
+    project = write_project(mod, "qemu-m7", directory, budget="mps2-an500")
+    with open(os.path.join(directory, "stub.c"), "w") as f:
+        f.write(STUB)
+    library = os.path.join(directory, "libmodel.so")
+    subprocess.run(["gcc", "-O1", "-std=c11", "-shared", "-fPIC", "-DTVM_DLL=", "-I", ".",
+                    "-o", library, "kernels.c", "model.c", "tvmp_nn.c", "tvmp_block.c",
+                    "weights.S", "stub.c", "-lm"], cwd=directory, check=True,
+                   capture_output=True)
+    return ctypes.CDLL(library), project
+
+
+def run_host_firmware(library, project, xs) -> list:
+    """One inference through model.c over the arena, at the offsets tvmp_inputs and
+    tvmp_outputs give (as the firmware's server reads them)."""
+    arena = (ctypes.c_uint8 * project["arena_bytes"]).in_dll(library, "tvmp_arena")
+    view = np.frombuffer(arena, np.uint8)
+
+    def places(symbol, n):
+        return np.frombuffer((ctypes.c_uint32 * (2 * n)).in_dll(library, symbol),
+                             np.uint32).reshape(n, 2)
+    for (offset, _), x in zip(places("tvmp_inputs", len(xs)), xs):
+        data = np.ascontiguousarray(x).view(np.uint8).ravel()
+        view[offset:offset + data.size] = data
+    library.tvmp_run()
+    outs = project["outputs"]
+    return [view[o:o + n].copy().view(spec["dtype"]).reshape(spec["shape"])
+            for (o, n), spec in zip(places("tvmp_outputs", len(outs)), outs)]
+
+
+def c_blocks(directory) -> int:
+    with open(os.path.join(directory, "kernels.c")) as f:
+        return f.read().count("tvmp_block_run(&block")
+
+
+@settings(max_examples=20, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
+                                 HealthCheck.function_scoped_fixture])
+@given(spec=networks(), data=st.data())
+def test_random_blocks_in_c_bit_exact(tmp_path_factory, spec, data):
+    model = build_cnn(spec)
+    graph = read(model)
+    schedule = draw_schedule(data, graph)
+    patched = PatchBasedInference(schedule)(tvm_patch.load(model))
+    directory = str(tmp_path_factory.mktemp("block"))
+    library, project = host_firmware(patched, directory)
+    in_c = c_blocks(directory)
+    event(f"{in_c} of {len(schedule.blocks)} block(s) in C")
+    for st_ in (plan_block(graph, b) for b in schedule.blocks):
+        event(f"halo {'/'.join(st_.block.halo)}")
+    x = random_input(graph, spec.seed)
+    for got, want in zip(run_host_firmware(library, project, [x]), reference.run(model, [x])):
+        assert np.array_equal(got, want), f"{int((got != want).sum())}/{want.size} differ"
+
+
+def test_block_kernel_is_a_schedule_choice(tmp_path):
+    """By default a block of convolutions, depthwise layers and adds runs in C; kernel "tvm"
+    keeps TVM's C of its loop nest, the same bytes; "c" where an operator has no C kernel
+    for a tile (a pool) is refused in one line."""
+    spec = Spec(12, 10, 3, [Layer("conv", 3, channels=8), Layer("dw", 3),
+                            Layer("conv", 1, channels=8), Layer("maxpool", 2, 2)], seed=3)
+    model = build_cnn(spec)
+    graph = read(model)
+    fp = fingerprint(graph)
+    last_conv = max(k for k, op in enumerate(graph.ops) if op.kind == "conv2d")
+    x = random_input(graph, 0)
+    want = reference.run(model, [x])
+    counts = {}
+    for kernel in (None, "tvm", "c"):
+        block = Block(0, last_conv, (3, 2), ("cache", "recompute"), kernel)
+        patched = PatchBasedInference(Schedule((block,), fp))(tvm_patch.load(model))
+        directory = str(tmp_path / str(kernel))
+        library, project = host_firmware(patched, directory)
+        counts[kernel] = c_blocks(directory)
+        assert all(np.array_equal(a, b) for a, b in
+                   zip(run_host_firmware(library, project, [x]), want))
+    assert counts == {None: 1, "tvm": 0, "c": 1}
+    pool = next(k for k, op in enumerate(graph.ops) if op.kind == "max_pool2d")
+    with pytest.raises(ModelError) as e:
+        PatchBasedInference(Schedule((Block(0, pool, (2, 2), kernel="c"),), fp))(
+            tvm_patch.load(model))
+    message = str(e.value)
+    assert "\n" not in message and "no C kernel for a tile" in message or \
+        "not every operator has a C kernel" in message
+    schedule = Schedule((Block(0, last_conv, (3, 2), kernel="tvm"),), fp)
+    from tvm_patch.schedule.schedule import parse
+    assert parse(schedule.dumps()) == schedule
+    assert json.loads(schedule.dumps())["blocks"][0]["kernel"] == "tvm"
