@@ -57,8 +57,10 @@ def layers(draw):
                 quant=draw(st.sampled_from(QUANTS)))
 
 
-def run_c(library, data: bytes, x: np.ndarray, in_place: bool) -> np.ndarray | None:
-    """The model's one layer by its C kernel (None: the kernel cannot run it)."""
+def run_c(library, data: bytes, x: np.ndarray, in_place: bool,
+          nhwc: bool = False) -> np.ndarray | None:
+    """The model's one layer by its C kernel (None: the kernel cannot run it); `nhwc`: a
+    depthwise layer by tvmp_depthwise_nhwc_s8 (the same arguments but the plane)."""
     graph = read(data)
     (op,) = [op for op in graph.ops if op.kind in ("conv2d", "depthwise_conv2d")]
     kernel = lower_op(op, graph)
@@ -76,7 +78,10 @@ def run_c(library, data: bytes, x: np.ndarray, in_place: bool) -> np.ndarray | N
     params = [x, *[np.ascontiguousarray(c) for c in kernel.consts], y, plane]
     args = [params[int(a[1:])].ctypes.data_as(ctypes.c_void_p) if isinstance(a, str)
             else ctypes.c_int32(a) for a in variant["args"]]
-    getattr(library, variant["name"])(*args)
+    name = variant["name"]
+    if nhwc:
+        name, args = "tvmp_depthwise_nhwc_s8", args[:6] + args[7:]
+    getattr(library, name)(*args)
     return y.reshape(out.shape)
 
 
@@ -97,6 +102,9 @@ def test_c_kernel_matches_tflite_micro(libraries, spec, in_place):
         got = run_c(library, data, x.copy(), in_place)
         assume(got is not None)  # a multiplier at INT32_MIN stays on TVM's C
         np.testing.assert_array_equal(got, expected)
+    if spec.layers[0].kind == "dw":
+        np.testing.assert_array_equal(run_c(libraries[0], data, x.copy(), False, nhwc=True),
+                                      expected)
 
 
 def test_default_choice_keeps_small_depthwise_layers_on_tvm_c():

@@ -5,6 +5,12 @@
 
 #include "tvmp_nn.h"
 
+/* a depthwise rectangle of fewer outputs per channel runs straight from NHWC: each plane
+ * would cost its setup (copy, padding, tap tables) for few windows */
+#ifndef TVMP_DW_NHWC_BELOW
+#define TVMP_DW_NHWC_BELOW 16
+#endif
+
 /* where a tensor's pixels live during a tile: global pixel (r, q) at
  * base + ((r - row0) * pitch + q - col0) * channels */
 typedef struct {
@@ -80,6 +86,17 @@ static void windowed(const tvmp_block_t* b, const tvmp_block_op_t* op, const int
   const int32_t* bias = (const int32_t*)params[op->params[1]];
   const int32_t* mult = (const int32_t*)params[op->params[2]];
   const int32_t* shift = (const int32_t*)params[op->params[3]];
+  if (op->kind == TVMP_BLOCK_DEPTHWISE && (y[1] - y[0]) * (x[1] - x[0]) < TVMP_DW_NHWC_BELOW) {
+    int32_t r, h, top, q, wd, left;
+    window(y[0], y[1], op->kh, op->stride_h, op->pad_top, in_h, &r, &h, &top);
+    window(x[0], x[1], op->kw, op->stride_w, op->pad_left, in_w, &q, &wd, &left);
+    int8_t* dst = at(out, y[0], x[0], op->c, 1);
+    tvmp_depthwise_nhwc_s8(at(in, r, q, cin, 1), w, bias, mult, shift, dst,
+                           h, wd, cin, y[1] - y[0], x[1] - x[0], op->kh, op->kw, op->stride_h,
+                           op->stride_w, top, left, in.pitch, out.pitch, op->in_offset,
+                           op->out_offset, op->lo, op->hi, op->fast);
+    return;
+  }
   if (op->kind == TVMP_BLOCK_DEPTHWISE) {  /* bands whose padded plane fits the stack */
     int32_t cols = x[1] - x[0];
     while (cols > 1 && ((cols - 1) * op->stride_w + op->kw) * op->kh + 8 > TVMP_DW_PADDED_MAX)

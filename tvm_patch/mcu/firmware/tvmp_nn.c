@@ -634,7 +634,7 @@ static inline __attribute__((always_inline)) void conv_columns_n(
   }
 }
 
-/* small windows (pointwise layers with few input channels) unrolled whole */
+/* small windows (pointwise layers with few input channels, 3x3 over 3 channels) unrolled whole */
 #define CONV_COLUMNS(n)                                                                   \
   static __attribute__((noinline)) void conv_columns_##n(const conv_window_t* g,          \
                                                          const conv_output_t* a) {        \
@@ -643,6 +643,7 @@ static inline __attribute__((always_inline)) void conv_columns_n(
 CONV_COLUMNS(8)
 CONV_COLUMNS(16)
 CONV_COLUMNS(24)
+CONV_COLUMNS(27)
 CONV_COLUMNS(32)
 CONV_COLUMNS(48)
 CONV_COLUMNS(64)
@@ -653,6 +654,7 @@ static void conv_columns(const conv_window_t* g, const conv_output_t* a) {
     case 8: conv_columns_8(g, a); break;
     case 16: conv_columns_16(g, a); break;
     case 24: conv_columns_24(g, a); break;
+    case 27: conv_columns_27(g, a); break;
     case 32: conv_columns_32(g, a); break;
     case 48: conv_columns_48(g, a); break;
     case 64: conv_columns_64(g, a); break;
@@ -759,4 +761,56 @@ void tvmp_conv_f32_s8(const float* x, float scale, int32_t zero_point, const int
   const conv_output_t a = {w, bias, mult, shift, y, oh, ow, y_row, cout, stride_h, stride_w,
                            pad_top, pad_left, out_offset, lo, hi, fast};
   conv_columns(&g, &a);
+}
+
+void tvmp_depthwise_nhwc_s8(const int8_t* x, const int8_t* w, const int32_t* bias,
+                            const int32_t* mult, const int32_t* shift, int8_t* y, int32_t h,
+                            int32_t wd, int32_t c, int32_t oh, int32_t ow, int32_t kh,
+                            int32_t kw, int32_t stride_h, int32_t stride_w, int32_t pad_top,
+                            int32_t pad_left, int32_t x_row, int32_t y_row, int32_t in_offset,
+                            int32_t out_offset, int32_t lo, int32_t hi, int32_t fast) {
+  const uint32_t offsets = tvmp_pair(in_offset);  /* x + offset: taps outside add nothing */
+  for (int32_t oy = 0; oy < oh; ++oy) {
+    const int32_t iy = oy * stride_h - pad_top;
+    const int32_t ky0 = iy < 0 ? -iy : 0, ky1 = h - iy < kh ? h - iy : kh;
+    for (int32_t ox = 0; ox < ow; ++ox) {
+      const int32_t ix = ox * stride_w - pad_left;
+      const int32_t kx0 = ix < 0 ? -ix : 0, kx1 = wd - ix < kw ? wd - ix : kw;
+      const int8_t* first = x + ((iy + ky0) * x_row + ix + kx0) * c;
+      const int8_t* taps = w + (ky0 * kw + kx0) * c;
+      int8_t* out = y + (oy * y_row + ox) * c;
+      int32_t ch = 0;
+      for (; ch + 4 <= c; ch += 4) {
+        int32_t a0 = bias[ch], a1 = bias[ch + 1], a2 = bias[ch + 2], a3 = bias[ch + 3];
+        for (int32_t ky = ky0; ky < ky1; ++ky) {
+          const int8_t* xp = first + (ky - ky0) * x_row * c + ch;
+          const int8_t* wp = taps + (ky - ky0) * kw * c + ch;
+          for (int32_t kx = kx0; kx < kx1; ++kx, xp += c, wp += c) {
+            const uint32_t xv = tvmp_load32(xp), wv = tvmp_load32(wp);
+            const uint32_t xe = tvmp_sxtab16(offsets, xv), xo = tvmp_sxtab16_ror8(offsets, xv);
+            const uint32_t we = tvmp_sxtb16(wv), wo = tvmp_sxtb16_ror8(wv);
+            a0 = tvmp_smlabb(xe, we, a0);
+            a2 = tvmp_smlatt(xe, we, a2);
+            a1 = tvmp_smlabb(xo, wo, a1);
+            a3 = tvmp_smlatt(xo, wo, a3);
+          }
+        }
+        out[ch] = tvmp_out_s8(a0, tvmp_rq(mult[ch], shift[ch], fast), out_offset, lo, hi);
+        out[ch + 1] = tvmp_out_s8(a1, tvmp_rq(mult[ch + 1], shift[ch + 1], fast), out_offset,
+                                  lo, hi);
+        out[ch + 2] = tvmp_out_s8(a2, tvmp_rq(mult[ch + 2], shift[ch + 2], fast), out_offset,
+                                  lo, hi);
+        out[ch + 3] = tvmp_out_s8(a3, tvmp_rq(mult[ch + 3], shift[ch + 3], fast), out_offset,
+                                  lo, hi);
+      }
+      for (; ch < c; ++ch) {
+        int32_t acc = bias[ch];
+        for (int32_t ky = ky0; ky < ky1; ++ky)
+          for (int32_t kx = kx0; kx < kx1; ++kx)
+            acc += (first[((ky - ky0) * x_row + kx - kx0) * c + ch] + in_offset) *
+                   taps[((ky - ky0) * kw + kx - kx0) * c + ch];
+        out[ch] = tvmp_out_s8(acc, tvmp_rq(mult[ch], shift[ch], fast), out_offset, lo, hi);
+      }
+    }
+  }
 }

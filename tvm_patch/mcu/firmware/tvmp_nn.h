@@ -56,6 +56,13 @@ static inline uint32_t tvmp_lo_hi(uint32_t a, uint32_t b) {
 static inline int32_t tvmp_smlatb(uint32_t a, uint32_t b, int32_t acc) {
   return __smlatb((int32_t)a, (int32_t)b, acc);
 }
+/* acc + a.lo * b.lo, acc + a.hi * b.hi */
+static inline int32_t tvmp_smlabb(uint32_t a, uint32_t b, int32_t acc) {
+  return __smlabb((int32_t)a, (int32_t)b, acc);
+}
+static inline int32_t tvmp_smlatt(uint32_t a, uint32_t b, int32_t acc) {
+  return __smlatt((int32_t)a, (int32_t)b, acc);
+}
 #else
 static inline uint32_t tvmp_sxtab16(uint32_t a, uint32_t b) {
   uint16_t lo = (uint16_t)((int16_t)a + (int8_t)b);
@@ -78,6 +85,12 @@ static inline uint32_t tvmp_pkhtb16(uint32_t a, uint32_t b) {
 }
 static inline int32_t tvmp_smlatb(uint32_t a, uint32_t b, int32_t acc) {
   return acc + (int16_t)(a >> 16) * (int16_t)b;
+}
+static inline int32_t tvmp_smlabb(uint32_t a, uint32_t b, int32_t acc) {
+  return acc + (int16_t)a * (int16_t)b;
+}
+static inline int32_t tvmp_smlatt(uint32_t a, uint32_t b, int32_t acc) {
+  return acc + (int16_t)(a >> 16) * (int16_t)(b >> 16);
 }
 static inline uint32_t tvmp_lo_hi(uint32_t a, uint32_t b) {
   return (a & 0xffffu) | (b & 0xffff0000u);
@@ -205,5 +218,15 @@ void tvmp_depthwise_s8(const int8_t* x, const int8_t* w, const int32_t* bias,
                        int32_t kw, int32_t stride_h, int32_t stride_w, int32_t pad_top,
                        int32_t pad_left, int32_t x_row, int32_t y_row, int32_t in_offset,
                        int32_t out_offset, int32_t lo, int32_t hi, int32_t fast);
+
+/* the same straight from the NHWC tensor, four channels per step (their bytes adjacent),
+ * no copy and no per-channel setup: for rectangles of few outputs (a fused block's tiles),
+ * where the planes' setup would cost more than the windows; y must not overlap x */
+void tvmp_depthwise_nhwc_s8(const int8_t* x, const int8_t* w, const int32_t* bias,
+                            const int32_t* mult, const int32_t* shift, int8_t* y, int32_t h,
+                            int32_t wd, int32_t c, int32_t oh, int32_t ow, int32_t kh,
+                            int32_t kw, int32_t stride_h, int32_t stride_w, int32_t pad_top,
+                            int32_t pad_left, int32_t x_row, int32_t y_row, int32_t in_offset,
+                            int32_t out_offset, int32_t lo, int32_t hi, int32_t fast);
 
 #endif
