@@ -1,7 +1,7 @@
 """The models on the Cortex-M7 emulator (qemu-system-arm -M mps2-an500 -cpu cortex-m7), built
-as STM32F746 firmware (RAM 320 KB, Flash 1 MB): layer by layer and with the schedule the
-patch pass picks ("auto"), each run once through a host-driven session and checked
-bit-exact against TFLite Micro.
+as STM32F746 firmware (RAM 320 KB, Flash 1 MB): layer by layer, with the schedule the patch
+pass picks ("auto") and with FIXED schedules, each run once through a host-driven session
+and checked bit-exact against TFLite Micro.
 
     python benchmarks/mcu.py [--quick] [--models DIR]
     python benchmarks/mcu.py --layers "demo (zoo)"      # per layer and kind, one model
@@ -20,6 +20,9 @@ Accounting rules (bytes):
   CMSIS-NN    instructions of one Invoke() of TFLite Micro with ARM's CMSIS-NN kernels on the
               same emulated Cortex-M7, same input (../shared/peers/tflm-m7/run); "x" is ours
               over it
+  x own LBL   instructions over our own layer-by-layer firmware's (the fused blocks' cost)
+
+Schedules: layer by layer, `auto` (PatchBasedInference()), and FIXED ones per model.
 """
 
 from __future__ import annotations
@@ -54,6 +57,13 @@ MODELS = ["mcunet-vww1 r80", "mlperf-vww mbv1-0.25 r96", "mlperf-ic resnet8 r32"
           "mcunet-in3 (320kb-1mb) r176", "proxyless-w0.3-r176", "resnet8 (zoo)", "demo (zoo)",
           "detector r128x160 (zoo)", "mbv2-w1.0-r224 (zoo)"]
 QUICK = ["mlperf-ic resnet8 r32", "demo (zoo)"]
+# fixed schedules beside "auto" (PatchBasedInference's arguments): the issue's P=2 K=5 point
+FIXED = {"mcunet-vww1 r80": [("P=2 K=5", dict(split=5, patches=2, objective="arena_excl_io"))]}
+
+
+def schedules(label: str) -> list:
+    """(name, PatchBasedInference arguments or None for layer by layer) to run."""
+    return [("layer by layer", None), ("patch-based (auto)", {}), *FIXED.get(label, [])]
 
 
 def conv_kind(layer: dict, first: bool = False, detailed: bool = False) -> str | None:
@@ -77,11 +87,13 @@ def kinds_table(kinds: dict) -> str:
                   for k, (n, m, p, pm) in sorted(kinds.items())])
 
 
-def run_one(bench: Bench, label: str, patched: bool, kinds: dict, detailed: bool = False):
+def run_one(bench: Bench, label: str, schedule: dict | None, kinds: dict,
+            detailed: bool = False):
     entry = bench.model(label)
     src = bench.source(label)
     data = src if isinstance(src, bytes) else open(src, "rb").read()
-    mod = PatchBasedInference()(entry["mod"]) if patched else entry["mod"]
+    patched = schedule is not None
+    mod = PatchBasedInference(**schedule)(entry["mod"]) if patched else entry["mod"]
     with tempfile.TemporaryDirectory(prefix="tvmp-bench-") as tmp:
         t = time.perf_counter()
         try:
@@ -144,9 +156,8 @@ def per_layer(bench: Bench, label: str) -> int:
     """Instructions per layer, layer by layer and patch-based, for one model, and per
     kind beside TFLite Micro + CMSIS-NN."""
     kinds = {}
-    for patched in (False, True):
-        result, why = run_one(bench, label, patched, kinds, detailed=True)
-        sched = "patch-based (auto)" if patched else "layer by layer"
+    for sched, schedule in schedules(label):
+        result, why = run_one(bench, label, schedule, kinds, detailed=True)
         if result is None:
             print(f"{label}, {sched}: {why}\n")
             continue
@@ -183,15 +194,15 @@ def main() -> int:
             tflm = b(reference.arena(data)["head"])
         except Exception as e:  # noqa: BLE001  (TFLite Micro may refuse a model)
             tflm = f"n/a ({type(e).__name__})"
-        peer = None
-        for patched in (False, True):
-            result, why = run_one(bench, label, patched, kinds)
-            peer = result["peer"] if result and not patched else peer
-            sched = "patch-based (auto)" if patched else "layer by layer"
+        peer = own = None
+        for sched, schedule in schedules(label):
+            result, why = run_one(bench, label, schedule, kinds)
+            peer = result["peer"] if result and schedule is None else peer
+            own = result["instructions"] if result and schedule is None else own
             if result is None:
                 notes.append(f"[{len(notes) + 1}] {label}, {sched}: {why}")
                 rows.append([label, sched, f"does not fit [{len(notes)}]", "", "", "", "", "",
-                             "", "", tflm, "", ""])
+                             "", "", tflm, "", "", ""])
                 continue
             fw = result["fw"]
             failures += not result["exact"]
@@ -200,13 +211,13 @@ def main() -> int:
                          f"{result['instructions'] / max(result['macs'], 1):.2f}",
                          "yes" if result["exact"] else "NO", f"{result['build_s']:.1f}", tflm,
                          b(peer) if peer else "", f"{result['instructions'] / peer:.2f}"
-                         if peer else ""])
+                         if peer else "", f"{result['instructions'] / own:.2f}" if own else ""])
             print(f"  {label}, {sched}: done", file=sys.stderr, flush=True)
     print("Cortex-M7 emulator, STM32F746 budget (RAM 327,680 B, Flash 1,048,576 B); "
           "instructions, not cycles\n")
     print(table(["model", "schedule", "arena B", "Flash B", "static RAM B", "stack B",
                  "instr/inference", "instr/MAC", "bit-exact", "build s", "TFLM arena B",
-                 "CMSIS-NN instr", "x CMSIS-NN"],
+                 "CMSIS-NN instr", "x CMSIS-NN", "x own LBL"],
                 rows, left=(0, 1)))
     print("\n".join([""] + notes))
     print("\nInstructions per MAC by convolution kind (layer by layer, all models above; "
