@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 import tvm_patch
+from conftest import loaded_model, shared_model
 from random_cnn import Layer, Spec, build as build_cnn
 from test_schedule import draw_schedule, networks, random_input
 from tvm_patch import reference
@@ -121,3 +122,27 @@ def test_block_kernel_is_a_schedule_choice(tmp_path):
     with pytest.raises(ModelError) as e:
         parse(json.dumps(record))
     assert "kernel 'asm' must be one of c, tvm" in str(e.value)
+
+
+def test_float_input_block_in_c_bit_exact(tmp_path):
+    """mcunet-vww1 at P=2 K=5 fuses the QUANTIZE of its float image: the block's first
+    convolution quantizes its windows as it gathers them (tvmp_conv_f32_s8). Against
+    TFLite Micro on random images, and against the host's loop nests on NaN, infinities
+    and values far outside the int8 range (TFLite leaves those undefined; ours saturate and
+    map NaN to the zero point on both)."""
+    with open(shared_model("mcunet-vww1"), "rb") as f:
+        data = f.read()
+    patched = PatchBasedInference(split=5, patches=2, objective="arena_excl_io")(
+        loaded_model("mcunet-vww1", data))
+    library, project = host_firmware(patched, str(tmp_path))
+    assert c_blocks(str(tmp_path)) == 1
+    rng = np.random.default_rng(0)
+    shape = tuple(project["inputs"][0]["shape"])
+    for _ in range(2):
+        x = rng.uniform(-1, 1, shape).astype(np.float32)
+        assert np.array_equal(run_host_firmware(library, project, [x])[0],
+                              reference.run(data, [x])[0])
+    x = rng.uniform(-1, 1, shape).astype(np.float32)
+    x.ravel()[:6] = [np.nan, np.inf, -np.inf, 1e30, -1e30, -0.0]
+    assert np.array_equal(run_host_firmware(library, project, [x])[0],
+                          tvm_patch.build(patched).run(x)[0])

@@ -485,23 +485,22 @@ typedef struct {
   int32_t h, wd, x_row, cin, kh, kw, taps, in_offset;
 } conv_window_t;
 
-/* TFLite's QUANTIZE of one float: divided in float32, rounded half away from zero, NaN to
- * the zero point (kernels/ops.py quantize, whose bytes the TVM-generated C computes) */
-static inline int8_t quantize_f32(float v, const conv_window_t* g) {
-  const float q = v / g->scale;
-  if (q != q) return (int8_t)(-g->in_offset);
-  float r = roundf(q);
-  r = r < g->low ? g->low : r;
-  r = r > g->high ? g->high : r;
-  return (int8_t)((int32_t)r - g->in_offset);
-}
-
+/* n bytes of x at `at`, or of the float image quantized as TFLite's QUANTIZE does: divided
+ * in float32, rounded half away from zero, clamped to the int8 range, NaN to the zero point
+ * (kernels/ops.py quantize, whose bytes the TVM-generated C computes) */
 static void gather(const conv_window_t* g, int8_t* dst, int32_t at, int32_t n) {
   if (g->xf == 0) {
     copy_bytes(dst, g->x + at, n);
     return;
   }
-  for (int32_t k = 0; k < n; ++k) dst[k] = quantize_f32(g->xf[at + k], g);
+  const float* src = g->xf + at;
+  const float scale = g->scale, low = g->low, high = g->high;  /* not re-read per byte */
+  const int32_t zero_point = -g->in_offset;
+  for (int32_t k = 0; k < n; ++k) {
+    const float q = src[k] / scale;
+    dst[k] = (int8_t)(q == q ? (int32_t)fminf(fmaxf(roundf(q), low), high) + zero_point
+                             : zero_point);
+  }
 }
 
 /* the window at input row iy, column ix into col (2 * taps bytes): its bytes are gathered
@@ -572,6 +571,37 @@ typedef struct {
   int32_t oh, ow, y_row, cout, stride_h, stride_w, pad_top, pad_left, out_offset, lo, hi, fast;
 } conv_output_t;
 
+/* every output channel of one column (a 1x2 register block: two weight rows) */
+static __attribute__((noinline)) void conv_one_column(const int16_t* col,
+                                                       const conv_output_t* a, int32_t taps,
+                                                       int8_t* out) {
+  for (int32_t o = 0; o < a->cout; o += 2) {
+    const int pair = o + 1 < a->cout;
+    const int8_t* w0 = a->w + o * taps;
+    const int8_t* w1 = pair ? w0 + taps : w0;
+    int32_t a0 = a->bias[o], a1 = pair ? a->bias[o + 1] : 0;
+    const int16_t* c = col;
+    int32_t k = 0;
+    for (; k + 4 <= taps; k += 4, c += 4) {
+      const uint32_t xe = load_pair(c), xo = load_pair(c + 2);
+      const uint32_t wa = tvmp_load32(w0 + k), wb = tvmp_load32(w1 + k);
+      a0 = tvmp_smlad(xe, tvmp_sxtb16(wa), a0);
+      a0 = tvmp_smlad(xo, tvmp_sxtb16_ror8(wa), a0);
+      a1 = tvmp_smlad(xe, tvmp_sxtb16(wb), a1);
+      a1 = tvmp_smlad(xo, tvmp_sxtb16_ror8(wb), a1);
+    }
+    for (int32_t j = 0; j < (taps & 3); ++j) {
+      a0 += c[j] * w0[k + j];
+      a1 += c[j] * w1[k + j];
+    }
+    out[o] = tvmp_out_s8(a0, tvmp_rq(a->mult[o], a->shift[o], a->fast), a->out_offset, a->lo,
+                         a->hi);
+    if (pair)
+      out[o + 1] = tvmp_out_s8(a1, tvmp_rq(a->mult[o + 1], a->shift[o + 1], a->fast),
+                               a->out_offset, a->lo, a->hi);
+  }
+}
+
 /* the layer by columns; taps <= TVMP_COL_MAX, a constant where inlined */
 static inline __attribute__((always_inline)) void conv_columns_n(
     const conv_window_t* g, const conv_output_t* a, int32_t taps) {
@@ -602,8 +632,12 @@ static inline __attribute__((always_inline)) void conv_columns_n(
       outs[j] = y + (oy * y_row + ox) * cout;
       if (++ox == ow) ox = 0, ++oy;
     }
-    const int16_t* c1 = cols[n - 1];
-    int8_t *out = outs[0], *out1 = outs[n - 1];
+    if (n == 1) {  /* an odd last position (a fused block's one-pixel tiles) */
+      conv_one_column(cols[0], a, taps, outs[0]);
+      continue;
+    }
+    const int16_t* c1 = cols[1];
+    int8_t *out = outs[0], *out1 = outs[1];
     /* the sums of a run of channels first, then their requantization, whose parameters
      * then stay in registers */
     for (int32_t run = 0; run < cout; run += CONV_RUN) {
