@@ -141,13 +141,16 @@ def test_random_cnn_on_emulator_bit_exact(spec, data, tmp_path_factory):
     event(f"{dots} SIMD dot-product loops" if dots < 3 else "3+ SIMD dot-product loops")
     event("patch stage" if "patch_stage" in (directory / "model.c").read_text() else
           "layer by layer")
+    event("a block by the C kernels" if "tvmp_block_run(" in
+          (directory / "kernels.c").read_text() else "no block in C")
     with mcu.Session(directory) as session:
         assert_bit_exact(model, OnDevice(session), n=1, seed=spec.seed)
 
 
 def _random_kernel_choices(mod, model, data):
     """The module rebuilt with a random kernel choice (C, TVM's C or the default) for every
-    convolution outside its blocks: every knob setting must stay bit-exact."""
+    convolution outside its blocks and for every block (its loop nest in TVM's C, or the
+    default: the C kernels where it can): every knob setting must stay bit-exact."""
     import dataclasses
     from tvm_patch.frontend import read
     from tvm_patch.kernels.lower import lower_op
@@ -167,8 +170,14 @@ def _random_kernel_choices(mod, model, data):
         if choice != "default":
             choices[pos] = choice
     event("C kernels chosen" if "c" in choices.values() else "no C kernel chosen")
-    return PatchBasedInference(dataclasses.replace(schedule, kernels=tuple(choices.items())))(
-        mod) if choices else mod
+    blocks = tuple(dataclasses.replace(b, kernel=data.draw(
+        st.sampled_from([None, "tvm"]), label=f"block {b.first}-{b.last} kernel"))
+        for b in schedule.blocks)
+    event("a block in TVM's C" if any(b.kernel for b in blocks) else "blocks by default")
+    if not choices and blocks == schedule.blocks:
+        return mod
+    return PatchBasedInference(dataclasses.replace(schedule, blocks=blocks,
+                                                   kernels=tuple(choices.items())))(mod)
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
