@@ -66,7 +66,7 @@ def c_blocks(directory) -> int:
         return f.read().count("tvmp_block_run(&block")
 
 
-@settings(max_examples=20, deadline=None,
+@settings(max_examples=14, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
                                  HealthCheck.function_scoped_fixture])
 @given(spec=networks(), data=st.data())
