@@ -16,12 +16,13 @@ from __future__ import annotations
 import numpy as np
 
 from ..graph import Graph, Op
-from ..quant import activation_range, quantize_multiplier
+from ..quant import activation_range
 from ..schedule.regions import Stage, tile_buffer
+from .ops import add_rescale
 from .variants import COL_MAX, _requantization
 
 CONV, CONV_F32, DEPTHWISE, ADD = range(4)  # tvmp_block.h's TVMP_BLOCK_*
-ADD_LEFT_SHIFT = 20  # TFLite's int8 ADD (kernels/ops.py add_mul)
+ADD_LEFT_SHIFT = 20  # TFLite's int8 ADD (kernels/ops.py add_rescale), tvmp_add_s8's shift
 
 
 def c_block(stage: Stage, graph: Graph, const_names: list, offsets: dict) -> dict | None:
@@ -121,10 +122,8 @@ def _add(op: Op, graph: Graph, entry: dict) -> dict | None:
     if len(names) != 2 or any(t.is_const or t.dtype != "int8" or t.quant is None or
                               tuple(t.shape) != tuple(y.shape) for t in (ta, tb)):
         return None
-    twice_max = 2 * max(np.float64(ta.quant.s), np.float64(tb.quant.s))
-    ma, sa = quantize_multiplier(np.float64(ta.quant.s) / twice_max)
-    mb, sb = quantize_multiplier(np.float64(tb.quant.s) / twice_max)
-    mo, so = quantize_multiplier(twice_max / ((1 << ADD_LEFT_SHIFT) * np.float64(y.quant.s)))
+    left_shift, (ma, sa), (mb, sb), (mo, so) = add_rescale(ta.quant, tb.quant, y.quant, "int8")
+    assert left_shift == ADD_LEFT_SHIFT  # tvmp_add_s8 shifts by 20
     entry.update(kind=ADD, add=[-int(ta.quant.zp), -int(tb.quant.zp), int(ma), int(sa),
                                 int(mb), int(sb), int(mo), int(so)])
     return entry

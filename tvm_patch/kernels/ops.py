@@ -234,6 +234,17 @@ def _broadcast_read(t, out_shape, idx):
     return t[tuple(0 if int(d) == 1 else idx[off + k] for k, d in enumerate(t.shape))]
 
 
+def add_rescale(qa, qb, qo, dtype: str) -> tuple:
+    """TFLite's quantized ADD: (left shift, (multiplier, shift) of input a, of input b, of the
+    sum); each input is shifted left, rescaled to twice the larger input scale, summed,
+    then rescaled to the output."""
+    left_shift = 20 if dtype == "int8" else 15
+    twice_max = 2 * max(np.float64(qa.s), np.float64(qb.s))
+    return (left_shift, Q.quantize_multiplier(np.float64(qa.s) / twice_max),
+            Q.quantize_multiplier(np.float64(qb.s) / twice_max),
+            Q.quantize_multiplier(twice_max / ((1 << left_shift) * np.float64(qo.s))))
+
+
 def add_mul(op: Op, graph: Graph, xs):
     consts = _Consts(f"L{op.index}_")
     a, b = _inputs_with_consts(op, graph, xs, consts)
@@ -250,11 +261,7 @@ def add_mul(op: Op, graph: Graph, xs):
     lo, hi = _clamp_range(graph, op, op.attrs["activation"])
     za, zb, zo = qa.zp, qb.zp, qo.zp
     if op.kind == "add":
-        left_shift = 20 if out_t.dtype == "int8" else 15
-        twice_max = 2 * max(np.float64(qa.s), np.float64(qb.s))
-        ma, sa = Q.quantize_multiplier(np.float64(qa.s) / twice_max)
-        mb, sb = Q.quantize_multiplier(np.float64(qb.s) / twice_max)
-        mo, so = Q.quantize_multiplier(twice_max / ((1 << left_shift) * np.float64(qo.s)))
+        left_shift, (ma, sa), (mb, sb), (mo, so) = add_rescale(qa, qb, qo, out_t.dtype)
         c = lambda v: tirx.const(v, I32)  # noqa: E731
         # each input's rescale is its own stage: nesting them in one expression makes
         # TVM's simplifier time grow with the product of the expression sizes
