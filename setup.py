@@ -20,7 +20,8 @@ setup(
         "pyserial",
     ],
     extras_require={
-        "test": ["pytest", "hypothesis", "tflite-micro", "onnxruntime"],
+        "test": ["pytest", "hypothesis", "tflite-micro", "onnxruntime", "ray"],
+        "ray": ["ray"],
     },
     entry_points={"console_scripts": ["tvm-patch=tvm_patch.cli:main"]},
 )

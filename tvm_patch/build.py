@@ -11,7 +11,8 @@ from .graph import ModelError
 from .runtime.host import HostModel
 
 HOST_TARGETS = ("host", "llvm")
-PATCH_OPTIONS = ("schedule", "split", "patches", "sram", "max_mac_overhead", "objective")
+PATCH_OPTIONS = ("schedule", "split", "patches", "sram", "max_mac_overhead", "objective",
+                 "records")
 
 
 def load(model, io_type: str | None = None):
@@ -23,18 +24,24 @@ def load(model, io_type: str | None = None):
 
 
 def passes(schedule=None, split=None, patches=None, sram=None, max_mac_overhead=None,
-           objective=None) -> list:
+           objective=None, records=None) -> list:
     """tvm_patch's own Relax passes, in order. The one rule for turning patch-based inference
     on, shared by build(), pipeline(), mcu.compile() and the CLI: a Schedule, or any patch
     option given (not None), turns it on; the options not given keep PatchBasedInference's
-    defaults (auto). A schedule excludes the search options."""
+    defaults (auto). A schedule excludes the search options; tuning records (a file of
+    tvm_patch.tune's) take the budget options sram and objective only."""
     given = {name: value for name, value in zip(PATCH_OPTIONS, (
-        schedule, split, patches, sram, max_mac_overhead, objective)) if value is not None}
+        schedule, split, patches, sram, max_mac_overhead, objective, records))
+        if value is not None}
     if not given:
         return []
     if schedule is not None and len(given) > 1:
         raise ModelError(f"a schedule is given: the search options "
                          f"{', '.join(k for k in given if k != 'schedule')} do not apply")
+    extra = set(given) - {"records", "sram", "objective"}
+    if records is not None and extra:
+        raise ModelError(f"tuning records are given: {', '.join(sorted(extra))} do not apply "
+                         f"(records take --sram and --objective as the budget)")
     from .passes import PatchBasedInference
     return [PatchBasedInference(**given)]
 

@@ -55,6 +55,35 @@ def main(argv=None) -> int:
                    help="only schedules with at most this whole-network MAC factor")
     p.add_argument("--io-type", choices=IO_TYPES, help="int8: integer input and output")
 
+    p = sub.add_parser("tune", help="measure schedules and kernel knobs on the emulated "
+                                     "Cortex-M7: the fastest that fits the budgets")
+    p.add_argument("model")
+    p.add_argument("--sram", type=_number(int, 1), metavar="BYTES",
+                   help="arena budget (the --objective bytes); default: none")
+    p.add_argument("--flash", type=_number(int, 1), metavar="BYTES",
+                   help="Flash budget of the linked firmware; default: none")
+    p.add_argument("--trials", type=_number(int, 1), default=64, metavar="N",
+                   help="measurements (default 64)")
+    p.add_argument("--records", metavar="FILE.jsonl",
+                   help="append every measurement here, and continue from what it holds "
+                        "(default schedules/MODEL.jsonl)")
+    p.add_argument("--jobs", type=_number(int, 1), default=2, metavar="J",
+                   help="measurements in parallel on this machine (default 2)")
+    p.add_argument("--ray", metavar="ADDRESS",
+                   help="measure on a Ray cluster instead (ray.init's address; 'local' "
+                        "starts one here); needs pip install 'tvm_patch[ray]'")
+    p.add_argument("--objective", choices=("arena", "arena_excl_io"), default="arena",
+                   help="the accounting rule --sram bounds (default arena)")
+    p.add_argument("--strategy", choices=("model", "random"), default="model",
+                   help="model: XGBoost-guided evolution (default); random: random points")
+    p.add_argument("--seed", type=_number(int, 0), default=0)
+    p.add_argument("--timeout", type=_number(float, 1.0), default=300.0, metavar="S",
+                   help="seconds for one build and run (default 300)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--plot", metavar="FILE", help="write a PNG of the measured points "
+                   "(arena x instructions) with their Pareto front")
+    p.add_argument("--io-type", choices=IO_TYPES, help="int8: integer input and output")
+
     p = sub.add_parser("zoo", help="write an int8 .tflite from the zoo or an MCUNet config")
     p.add_argument("name", metavar="NAME_OR_CONFIG")
     p.add_argument("-o", "--output", required=True, metavar="OUT.tflite")
@@ -75,7 +104,7 @@ def main(argv=None) -> int:
                     signal.signal(signal.SIGINT, signal.default_int_handler))
     try:  # Ctrl-C and SIGTERM unwind like errors, so every `with` stops its emulator
         return {"profile": _profile, "build": _build, "run": _run, "pareto": _pareto,
-                "zoo": _zoo, "demo": _demo}[args.command](args)
+                "tune": _tune, "zoo": _zoo, "demo": _demo}[args.command](args)
     except ModelError as e:
         print(f"tvm-patch: error: {e}", file=sys.stderr)
         return 2
@@ -128,6 +157,9 @@ def _patch_options(p):
                    help="auto: whole-network MAC factor allowed (default 1.2)")
     g.add_argument("--objective", choices=("arena", "arena_excl_io"),
                    help="auto: the accounting rule to minimise (default arena)")
+    g.add_argument("--records", metavar="FILE.jsonl",
+                   help="the best schedule of tuning records (tvm-patch tune) that fits "
+                        "--sram; records for another model are ignored with a note")
     p.add_argument("--io-type", choices=IO_TYPES, help="int8: drop the model's input "
                    "QUANTIZE and output DEQUANTIZE, take and return int8 (default: as is)")
 
@@ -455,6 +487,43 @@ def _plot_front(path, name, objective, base, front):
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _tune(args) -> int:
+    from . import tune
+    if args.plot:
+        if not args.plot.endswith(".png"):
+            raise ModelError(f"--plot {args.plot}: give a .png file name")
+        _check_writable(args.plot, "--plot")
+    records = args.records or tune.default_records_path(args.model)
+    if not args.records:
+        os.makedirs(os.path.dirname(records), exist_ok=True)
+    _check_writable(records, "--records")
+    result = tune.tune(args.model, args.sram, args.flash, args.trials, records, args.jobs,
+                       args.ray, args.objective, args.strategy, args.seed,
+                       progress=not args.json, io_type=args.io_type, timeout=args.timeout)
+    for note in result.notes:
+        print(f"tvm-patch: note: {note}", file=sys.stderr)
+    if args.plot:
+        result.plot(args.plot, args.objective)
+    failed = sum(t.error is not None for t in result.trials)
+    if args.json:
+        print(json.dumps(result.as_dict()))
+    else:
+        best = result.best
+        print(f"{len(result.trials)} trials in {result.seconds:.0f} s ({failed} failed)"
+              f"{', interrupted' if result.interrupted else ''}; records: {records}")
+        if best is None:
+            print("no measured point fits the budget")
+        else:
+            print(f"best: {best.instructions:,} instructions, arena {best.arena_bytes:,} B, "
+                  f"arena_excl_io {best.arena_excl_io_bytes:,} B, Flash {best.flash_bytes:,} B"
+                  f" (trial {best.number}): {best.schedule.describe()}")
+            print(f"apply it: tvm-patch build {args.model} --records {records}"
+                  + (f" --sram {args.sram}" if args.sram else ""))
+        if args.plot:
+            print(f"plot: {args.plot}")
+    return 130 if result.interrupted else 0
 
 
 def _zoo(args) -> int:

@@ -35,9 +35,12 @@ COST_ATTR = "tvm_patch.cost"
 def PatchBasedInference(schedule: Schedule | None = None, split="auto",  # noqa: N802
                         patches="auto", sram: int | None = None,
                         max_mac_overhead: float = 1.2,
-                        objective: str = "arena") -> tvm.transform.Pass:
-    """A module pass building `schedule`, or (without one) the schedule `choose` finds for
-    the given split / patches / sram / max_mac_overhead / objective."""
+                        objective: str = "arena",
+                        records: str | None = None) -> tvm.transform.Pass:
+    """A module pass building `schedule`; or the best schedule of a tuning `records` file
+    (tvm_patch.tune) whose `objective` bytes fit `sram`; or (without either) the schedule
+    `choose` finds for the given split / patches / sram / max_mac_overhead / objective. When
+    no record is for this model or none fits, the search runs instead, with a note."""
     if objective not in OBJECTIVES:
         raise ModelError(f"objective={objective!r}: expected one of {', '.join(OBJECTIVES)}")
 
@@ -46,14 +49,40 @@ def PatchBasedInference(schedule: Schedule | None = None, split="auto",  # noqa:
         graph = graph_of(mod)
         kernels = _kernels_of(mod)
         scratch = {pos: k.scratch_bytes for pos, k in kernels.items()}
-        if schedule is not None:
-            cost = CostModel(graph, scratch).cost(schedule)
+        chosen, note = schedule, ""
+        if records is not None:
+            chosen, note = _from_records(records, graph, scratch, sram, objective)
+        if chosen is not None:
+            cost = CostModel(graph, scratch).cost(chosen)
         else:
             cost = choose(graph, split, patches, sram, max_mac_overhead, scratch, objective)
+            if note:
+                cost.schedule = Schedule(cost.schedule.blocks, cost.schedule.model,
+                                         cost.schedule.io_type, f"{note}; "
+                                         f"{cost.schedule.note or 'searched instead'}",
+                                         cost.schedule.kernels)
         out = to_relax(graph, cost.stages, kernels, cost.schedule)
         out["main"] = out["main"].with_attr(COST_ATTR, json.dumps(cost.as_dict()))
         return out
     return _pass
+
+
+def _from_records(path: str, graph, scratch: dict, sram, objective) -> tuple:
+    """(the records' best schedule or None, a note on what was left out)."""
+    from ..tune.records import best, read_records
+    found, notes = read_records(path, graph)
+    model = CostModel(graph, scratch)
+
+    def cost_of(s):
+        try:
+            return model.cost(Schedule(s.blocks, s.model))
+        except ModelError:
+            return None
+    chosen = best(found, cost_of, sram, objective)
+    if chosen is None:
+        notes.append(f"{path}: no record for this model" + (
+            f" fits {sram:,} B" if found and sram is not None else ""))
+    return chosen, "; ".join(notes)
 
 
 def cost_of(mod) -> dict | None:
