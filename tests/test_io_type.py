@@ -18,7 +18,9 @@ from tvm_patch.frontend import read
 from tvm_patch.frontend.io_type import with_io_type
 from tvm_patch.graph import ModelError
 from tvm_patch.passes import choose, cost_of
-from tvm_patch.schedule import Schedule
+from tvm_patch.passes.emit import graph_of
+from tvm_patch.schedule import Schedule, fingerprint
+from tvm_patch.tune.records import record_line
 from tvm_patch.schedule.cost import CostModel
 from tvm_patch.schedule.search import _max_split as max_split
 from conftest import assert_bit_exact, loaded_model, shared_model
@@ -27,7 +29,7 @@ build_module = importlib.import_module("tvm_patch.build")  # tvm_patch.build is 
 
 # one value per patch option, each valid for mlperf-kws-dscnn
 ONE_OPTION = {"split": "auto", "patches": "auto", "sram": 1 << 20, "max_mac_overhead": 1.1,
-              "objective": "arena_excl_io", "schedule": Schedule()}
+              "objective": "arena_excl_io", "schedule": Schedule(), "records": "FILE"}
 
 _LOADED = {}
 
@@ -50,10 +52,16 @@ def test_patch_options_are_the_ones_the_pass_takes():
 @pytest.mark.parametrize("option", sorted(ONE_OPTION))
 def test_any_patch_option_turns_patching_on_everywhere(option, monkeypatch, tmp_path):
     value = ONE_OPTION[option]
+    mod = loaded("mlperf-kws-dscnn")
+    if option == "records":  # a tuning record of the model: layer by layer, one kernel knob
+        graph = graph_of(mod)
+        point = Schedule((), fingerprint(graph), kernels=((0, "tvm"),))
+        value = str(tmp_path / "records.jsonl")
+        with open(value, "w") as f:
+            f.write(record_line(point, {"instructions": 1}, [], None, {}) + "\n")
     assert [p.info.name for p in passes(**{option: value})] == ["PatchBasedInference"]
     assert [p.info.name for p in tvm_patch.pipeline(**{option: value}).passes][0] == \
         "PatchBasedInference"
-    mod = loaded("mlperf-kws-dscnn")
 
     # build() and mcu.compile() without compiling: what they would compile is recorded
     monkeypatch.setattr(build_module, "HostModel", lambda m: m)

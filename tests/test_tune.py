@@ -109,7 +109,7 @@ def test_records_apply_the_fastest_fitting_point_then_the_fastest_kernels(space,
     assert best(found, space.cost, sram=16) is None
 
 
-def test_corrupt_and_foreign_records(space, tmp_path):
+def test_corrupt_and_foreign_records(space, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"format": "tvm_patch.records", "version": 1}\n{not json\n')
     with pytest.raises(ModelError, match=r"bad.jsonl line 1: .*schedule|bad.jsonl line 2"):
@@ -122,6 +122,12 @@ def test_corrupt_and_foreign_records(space, tmp_path):
         read_records(str(bad), space.graph)
     with pytest.raises(ModelError, match="cannot read the records"):
         read_records(str(tmp_path / "missing.jsonl"), space.graph)
+    for command in (["profile"], ["tune", "--trials", "1"]):  # one line, exit 2
+        capsys.readouterr()
+        assert cli.main([command[0], shared_model(MODEL), "--records", str(bad),
+                         *command[1:]]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "bad.jsonl line 1: not JSON" in err, err
 
     # a record for another model is never applied: the pass searches instead, with a note
     foreign = Schedule((), "0123456789abcdef")
