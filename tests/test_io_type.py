@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 
 import tvm_patch
-from tvm_patch import cli, mcu, reference
+from tvm_patch import cli, mcu, profile, reference
 from tvm_patch.build import PATCH_OPTIONS, passes
 from tvm_patch.frontend import read
 from tvm_patch.frontend.io_type import with_io_type
 from tvm_patch.graph import ModelError
 from tvm_patch.passes import choose, cost_of
 from tvm_patch.passes.emit import graph_of
-from tvm_patch.schedule import Schedule, fingerprint
+from tvm_patch.schedule import Block, Schedule, fingerprint
 from tvm_patch.tune.records import record_line
 from tvm_patch.schedule.cost import CostModel
 from tvm_patch.schedule.search import _max_split as max_split
@@ -82,10 +82,15 @@ def test_any_patch_option_turns_patching_on_everywhere(option, monkeypatch, tmp_
 
 
 def test_no_patch_option_keeps_layer_by_layer(monkeypatch, tmp_path):
-    assert passes() == [] and len(tvm_patch.pipeline().passes) == 1
+    from tvm_patch.tune import records
+    shipped = tmp_path / "schedules"
+    shipped.mkdir()
+    monkeypatch.setattr(records, "DEFAULT_DIR", str(shipped))
+    assert [p.info.name for p in passes()] == ["PatchBasedInference"]
+    assert len(tvm_patch.pipeline().passes) == 2
     mod = loaded("mlperf-kws-dscnn")
     monkeypatch.setattr(build_module, "HostModel", lambda m: m)
-    assert tvm_patch.build(mod) is mod
+    assert tvm_patch.build(mod) is mod  # no shipped records for the model: left as it is
     seen = {}
     monkeypatch.setattr(mcu, "write_project", lambda m, *a, **k: seen.update(mod=m, opts=k))
     monkeypatch.setattr(mcu, "build_firmware", lambda d: None)
@@ -93,6 +98,18 @@ def test_no_patch_option_keeps_layer_by_layer(monkeypatch, tmp_path):
     assert seen["mod"] is mod and seen["opts"] == {"budget": "mps2-an500"}
     _, _, schedule = cli._modules(_parse(["profile", shared_model("mlperf-kws-dscnn")]))
     assert schedule is None
+
+    # shipped records for the model: its fastest layer-by-layer point's kernels, same arena
+    point = Schedule((), fingerprint(graph_of(mod)), kernels=((0, "tvm"),))
+    with_blocks = Schedule((Block(0, 1, (2, 2)),), point.model)
+    (shipped / "kws.jsonl").write_text("\n".join(
+        record_line(s, {"instructions": n}, [], None, {}) for s, n in
+        ((with_blocks, 1), (point, 5), (Schedule((), point.model), 9))) + "\n")
+    built = tvm_patch.build(mod)
+    cost = cost_of(built)
+    assert cost["schedule"]["blocks"] == [] and cost["schedule"]["kernels"] == {"0": "tvm"}
+    assert "from tuning records" in cost["note"]
+    assert profile(built).arena_bytes == profile(mod).arena_bytes
 
 
 def _parse(argv):

@@ -28,13 +28,16 @@ def passes(schedule=None, split=None, patches=None, sram=None, max_mac_overhead=
     """tvm_patch's own Relax passes, in order. The one rule for turning patch-based inference
     on, shared by build(), pipeline(), mcu.compile() and the CLI: a Schedule, or any patch
     option given (not None), turns it on; the options not given keep PatchBasedInference's
-    defaults (auto). A schedule excludes the search options; tuning records (a file of
+    defaults (auto). Without any, the build stays layer by layer, each layer on the kernel
+    tvm_patch's shipped tuning records (schedules/*.jsonl) measured fastest for a model they
+    were made for (the module is left as it is for any other model). A schedule excludes the search options; tuning records (a file of
     tvm_patch.tune's) take the budget options sram and objective only."""
+    from .passes import SHIPPED, PatchBasedInference
     given = {name: value for name, value in zip(PATCH_OPTIONS, (
         schedule, split, patches, sram, max_mac_overhead, objective, records))
         if value is not None}
-    if not given:
-        return []
+    if not given:  # layer by layer, with the kernels of tvm_patch's records for the model
+        return [PatchBasedInference(records=SHIPPED)]
     if schedule is not None and len(given) > 1:
         raise ModelError(f"a schedule is given: the search options "
                          f"{', '.join(k for k in given if k != 'schedule')} do not apply")
@@ -42,15 +45,15 @@ def passes(schedule=None, split=None, patches=None, sram=None, max_mac_overhead=
     if records is not None and extra:
         raise ModelError(f"tuning records are given: {', '.join(sorted(extra))} do not apply "
                          f"(records take --sram and --objective as the budget)")
-    from .passes import PatchBasedInference
     return [PatchBasedInference(**given)]
 
 
 def apply_passes(mod, **patch):
-    """`mod` through passes(**patch); the same module when no patch option is given."""
+    """`mod` through passes(**patch); the same module (object) when they leave it as is."""
+    out = mod
     for p in passes(**patch):
-        mod = p(mod)
-    return mod
+        out = p(out)
+    return mod if out.same_as(mod) else out
 
 
 def pipeline(target="llvm", **patch) -> tvm.transform.Pass:

@@ -30,6 +30,7 @@ from .emit import POSITION_ATTR, calls_of, graph_of, to_relax
 tvm_ffi.register_error("ModelError", ModelError)
 
 COST_ATTR = "tvm_patch.cost"
+SHIPPED = "shipped"  # records=SHIPPED: tvm_patch's own records (schedules/) for this model
 
 
 def PatchBasedInference(schedule: Schedule | None = None, split="auto",  # noqa: N802
@@ -50,7 +51,11 @@ def PatchBasedInference(schedule: Schedule | None = None, split="auto",  # noqa:
         kernels = _kernels_of(mod)
         scratch = {pos: k.scratch_bytes for pos, k in kernels.items()}
         chosen, note = schedule, ""
-        if records is not None:
+        if records == SHIPPED:
+            chosen = _shipped(graph, scratch)
+            if chosen is None:
+                return mod
+        elif records is not None:
             chosen, note = _from_records(records, graph, scratch, sram, objective)
         if chosen is not None:
             cost = CostModel(graph, scratch).cost(chosen)
@@ -83,6 +88,14 @@ def _from_records(path: str, graph, scratch: dict, sram, objective) -> tuple:
         notes.append(f"{path}: no record for this model" + (
             f" fits {sram:,} B" if found and sram is not None else ""))
     return chosen, "; ".join(notes)
+
+
+def _shipped(graph, scratch: dict):
+    """The fastest layer-by-layer point of the records shipped for this model (its kernel
+    knobs; the same arena as the default build), or None: the module stays as it is."""
+    from ..tune.records import best, default_records, read_records
+    found = [r for path in default_records(graph) for r in read_records(path, graph)[0]]
+    return best(found, None, layer_by_layer=True) if found else None
 
 
 def cost_of(mod) -> dict | None:

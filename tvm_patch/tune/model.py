@@ -29,17 +29,36 @@ def tir_features(func) -> np.ndarray:
     """MetaSchedule's per-store features of a PrimFunc, summed over its stores (log-scaled
     counts; one row per written buffer)."""
     import tvm
-    _primtype_hooks_fix()
     from tvm import s_tir
     from tvm.s_tir import meta_schedule as ms
     mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
-    context = ms.TuneContext(mod=mod, target=tvm.target.Target({"kind": "llvm"}),
-                             num_threads=1)
     candidate = ms.MeasureCandidate(s_tir.Schedule(mod), ms.arg_info.ArgInfo.from_prim_func(
         func))
     feats = ms.feature_extractor.PerStoreFeature(extract_workload=False).extract_from(
-        context, [candidate])[0].numpy()
+        _context(), [candidate])[0].numpy()
     return np.log1p(np.abs(feats)).sum(axis=0)
+
+
+_tune_context = None
+
+
+def _context():
+    """A bare TuneContext for the extractor (which reads none of it but the target), made
+    through its FFI constructor: TuneContext() first imports tvm.s_tir.tensor_intrin, which
+    parses every GPU and CPU tensor intrinsic in TVMScript (40 s here)."""
+    global _tune_context
+    if _tune_context is None:
+        import tvm
+        from tvm.s_tir import meta_schedule as ms
+        from tvm.s_tir.meta_schedule import _ffi_api
+        from tvm.s_tir.meta_schedule.logging import get_logger, get_logging_func
+        _primtype_hooks_fix()
+        context = ms.TuneContext.__new__(ms.TuneContext)
+        context.__init_handle_by_constructor__(
+            _ffi_api.TuneContext, None, tvm.target.Target({"kind": "llvm"}), None, None,
+            "main", 1, -1, get_logging_func(get_logger(__name__)))
+        _tune_context = context
+    return _tune_context
 
 
 _fixed = False

@@ -1,12 +1,13 @@
 """The search: rounds of proposals, measured in parallel, each measurement a record.
 
-Model-guided (the default), as TVM's tuners do: the first round measures the default point
-(layer by layer, default kernels) and random points; every later round trains the cost model
+Both strategies first measure the default point (layer by layer, default kernels: what a
+build without options runs) when it fits. Model-guided (the default), as TVM's tuners do:
+the first round adds random points; every later round trains the cost model
 on all units measured so far, evolves a population (the best points measured, plus random
 ones) by mutation for a few generations scoring each fitting point by its predicted
 instructions, and measures the best predicted unmeasured points, except an epsilon share of
-random ones (exploration). "random" measures random fitting points only: the baseline the
-model-guided search is benchmarked against."""
+random ones (exploration). "random" then measures random fitting points only: the baseline
+the model-guided search is benchmarked against."""
 
 from __future__ import annotations
 
@@ -116,7 +117,7 @@ class Tuner:
 
     def propose(self, n: int, first: bool) -> list:
         out = []
-        if first and self.strategy == "model" and self.space.default() not in self.seen and \
+        if first and self.space.default() not in self.seen and \
                 self.space.fits(self.space.default()):
             out.append(self.space.default())
         if self.strategy == "model" and not first:
