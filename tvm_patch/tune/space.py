@@ -69,7 +69,7 @@ class Space:
                 default = c_kernel(op, graph, n, k.scratch_bytes, default=True) is not None
                 self.default_knob[pos] = "c" if default else "tvm"
         self.segments = self._segments()
-        self._costs = {}
+        self._costs, self._step_map = {}, None
 
     def _segments(self) -> dict:
         """{(a, b): [blocks]}: the blocks over operators a..b-1 between single-tensor cuts."""
@@ -145,23 +145,54 @@ class Space:
         return self.complete(Schedule((), self.fp))
 
     def sample(self, rng: random.Random, tries: int = 64) -> Schedule | None:
-        """A random point that fits: a random path over the cuts (each segment layer by layer
-        or a random block over it), random kernels; None when `tries` draws all miss."""
+        """A random point that fits: a random path over the cuts through steps that each fit
+        the budget on their own (each segment layer by layer or a random block over it),
+        random kernels; None when `tries` draws all miss."""
+        steps = self._steps()
+        if self.cuts[0] not in steps:
+            return None
         for _ in range(tries):
-            blocks, at, end = [], 0, self.cuts[-1]
+            blocks, at, end = [], self.cuts[0], self.cuts[-1]
             p_block = rng.choice((0.15, 0.35, 0.6))
             while at < end:
-                spans = [(a, b) for (a, b) in self.segments if a == at]
-                if spans and rng.random() < p_block:
-                    a, b = rng.choice(spans)
-                    blocks.append(self._random_block(rng, rng.choice(self.segments[(a, b)])))
-                    at = b
-                else:
-                    at = self.cuts[self.cuts.index(at) + 1]
+                whole = [s for s in steps[at] if s[1] is None]
+                fused = [s for s in steps[at] if s[1] is not None]
+                at, block = rng.choice(fused if fused and (not whole or rng.random() < p_block)
+                                       else whole)
+                if block is not None:
+                    blocks.append(self._random_block(rng, block))
             point = self._with_random_kernels(Schedule(tuple(blocks), self.fp), rng)
             if self.fits(point):
                 return point
         return None
+
+    def _steps(self) -> dict:
+        """{cut: [(next cut, block or None)]}: the ways on from each cut whose own peak of
+        live bytes fits the budget and that lead on to the end (msf-CNN's DAG, pruned by
+        the budget; the search's segment costs)."""
+        if self._step_map is None:
+            steps = {}
+            for i, a in enumerate(self.cuts[:-1]):
+                ways = [(self.cuts[i + 1], None)] + [
+                    (b, block) for (a2, b), blocks in self.segments.items() if a2 == a
+                    for block in blocks]
+                for b, block in ways:
+                    if self.sram is not None:
+                        try:
+                            stages = [self.model.block(block)] if block is not None else []
+                        except ModelError:
+                            continue
+                        peak, _ = self.search._segment(a, b, stages, self.objective)
+                        if peak > self.sram:
+                            continue
+                    steps.setdefault(a, []).append((b, block))
+            on = {self.cuts[-1]}
+            for a in reversed(self.cuts[:-1]):
+                steps[a] = [(b, block) for b, block in steps.get(a, []) if b in on]
+                if steps[a]:
+                    on.add(a)
+            self._step_map = {a: ways for a, ways in steps.items() if ways}
+        return self._step_map
 
     def mutate(self, schedule: Schedule, rng: random.Random) -> Schedule | None:
         """A neighbour: one block's grid, halo or kernel changed, a block dropped, one added
