@@ -86,6 +86,35 @@ def test_random_blocks_in_c_bit_exact(tmp_path_factory, spec, data):
         assert np.array_equal(got, want), f"{int((got != want).sum())}/{want.size} differ"
 
 
+@pytest.mark.parametrize("wide", [False, True], ids=["columns", "wide"])
+def test_pointwise_with_folded_bottom_right_pad_bit_exact(tmp_path, wide):
+    """A PAD of the bottom and right before a 1x1 convolution folds into it: its last rows
+    and columns read only padding. Found by the property test above: the C kernels' 1x1
+    shortcut read them from beyond the image. Layer by layer and as a block of two tiles;
+    `wide`: more taps than the column path takes (tvmp_conv1x1_s8)."""
+    channels = 700 if wide else 8
+    layer = dict(kernel=1, stride=1, dilation=1, padding="SAME", activation="NONE")
+    spec = Spec(height=5, width=11, channels=channels, layers=[
+        Layer(kind="conv", channels=3 if not wide else channels, **layer),
+        Layer(kind="pad", channels=0, **layer), Layer(kind="conv", channels=1, **layer)],
+        seed=208024551, quant="realistic")
+    model = build_cnn(spec)
+    graph = read(model)
+    last = len(graph.ops) - 1
+    op = graph.ops[last]  # the pad folded in: outputs beyond the image
+    assert any(op.attrs["padding"][2:]) and graph.t(op.outputs[0]).shape[1] > 5
+    x = random_input(graph, spec.seed)
+    want = reference.run(model, [x])[0]
+    for blocks in ((), (Block(last, last, (1, 2), kernel="c"),)):
+        patched = PatchBasedInference(Schedule(blocks, fingerprint(graph)))(
+            tvm_patch.load(model))
+        directory = str(tmp_path / f"blocks{len(blocks)}")
+        library, project = host_firmware(patched, directory)
+        assert c_blocks(directory) == len(blocks)
+        got = run_host_firmware(library, project, [x])[0]
+        assert np.array_equal(got, want), f"{int((got != want).sum())}/{want.size} differ"
+
+
 def test_block_kernel_is_a_schedule_choice(tmp_path):
     """By default a block of convolutions, depthwise layers and adds runs in C; kernel "tvm"
     keeps TVM's C of its loop nest, the same bytes; "c" where an operator has no C kernel

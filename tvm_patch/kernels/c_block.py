@@ -110,7 +110,7 @@ def _entry(op: Op, graph: Graph, quantized, where: dict, params) -> dict | None:
         return entry
     entry["kind"] = CONV
     entry["wide"] = int((kh, kw) == (1, 1) and tuple(a["stride"]) == (1, 1) and
-                        tuple(a["padding"][:2]) == (0, 0) and taps > COL_MAX)
+                        not any(a["padding"]) and taps > COL_MAX)
     return entry
 
 

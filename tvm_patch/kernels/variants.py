@@ -56,7 +56,8 @@ def c_kernel(op: Op, graph: Graph, n_params: int, workspace: int = 0,
     tensors = [f"p{k}" for k in range(6)]  # x, w, bias, mult, shift, y
     taps = int(np.prod(wt.shape[1:]))
     if op.kind == "conv2d" and tuple(wt.shape[1:3]) == (1, 1) and \
-            tuple(a["stride"]) == (1, 1) and wt.shape[3] == c and (taps > COL_MAX or n > 1):
+            tuple(a["stride"]) == (1, 1) and not any(a["padding"]) and wt.shape[3] == c and \
+            (taps > COL_MAX or n > 1):
         return {"name": "tvmp_conv1x1_s8", "args": tensors + [
             n * h, w, c, int(wt.shape[0]), w, w] + quant}
     _, oh, ow, _ = (int(d) for d in y.shape)

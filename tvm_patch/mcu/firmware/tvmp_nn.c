@@ -616,8 +616,11 @@ static inline __attribute__((always_inline)) void conv_columns_n(
    * builds with a smaller TVMP_COL_MAX, where they are never called) */
   uint32_t buffer[TVMP_COL_MAX > 64 ? TVMP_COL_MAX : 64];
   const int32_t step = (taps + 1) & ~1;
+  /* every window one pixel inside the image (a PAD of the bottom or right folded into a
+   * 1x1 convolution leaves outputs beyond it) */
   const int pointwise = g->kh == 1 && g->kw == 1 && stride_h == 1 && stride_w == 1 &&
-                        pad_top == 0 && pad_left == 0 && g->xf == 0;
+                        pad_top == 0 && pad_left == 0 && oh <= g->h && ow <= g->wd &&
+                        g->xf == 0;
   int16_t* cols[2] = {(int16_t*)buffer, (int16_t*)buffer + step};
   const int32_t positions = oh * ow;
   int32_t oy = 0, ox = 0;
