@@ -85,7 +85,7 @@ def run_c(library, data: bytes, x: np.ndarray, in_place: bool,
     return y.reshape(out.shape)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(spec=layers(), in_place=st.booleans())
 @example(  # a window longer than the padded image: its last start is negative
     spec=Spec(3, 2, 1, [Layer("dw", kernel=3, stride=2, padding="SAME", activation="NONE")],

@@ -27,6 +27,10 @@ ZOO = {
     "demo": dict(name_or_config="demo"),
 }
 SLOW = {"mbv2-w1.0-r224"}
+# on the host here: the models too large for the STM32F746 (test_mcu runs them on the
+# emulator layer by layer only) and two small ones; the MCUNet and ProxylessNAS configs run
+# bit-exact with TFLite Micro on the emulator, layer by layer and patched (test_mcu.py)
+HOST = [k for k in ZOO if k.startswith("mbv2") or k in ("resnet8", "demo")]
 
 
 def zoo_model(key):
@@ -45,7 +49,7 @@ def test_shared_model_bit_exact(name):
 
 
 @pytest.mark.parametrize("key", [pytest.param(k, marks=pytest.mark.slow) if k in SLOW else k
-                                 for k in ZOO])
+                                 for k in HOST])
 def test_zoo_model_bit_exact(key):
     data = zoo_model(key)
     _, compiled = compiled_model(key, data)
@@ -53,7 +57,7 @@ def test_zoo_model_bit_exact(key):
 
 
 @pytest.mark.parametrize("key", [pytest.param(k, marks=pytest.mark.slow) if k in SLOW else k
-                                 for k in ZOO])
+                                 for k in HOST])
 def test_zoo_model_patched_bit_exact(key):
     """The schedule auto picks (patched, or layer by layer when that is smaller)."""
     data = zoo_model(key)

@@ -141,7 +141,7 @@ def stage_cnns(draw):
     return spec
 
 
-@settings(max_examples=16, deadline=None,
+@settings(max_examples=8, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(spec=stage_cnns(), data=st.data())
 def test_random_cnn_patched_bit_exact_and_estimates_exact(spec, data):

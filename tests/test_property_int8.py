@@ -7,7 +7,7 @@ from conftest import assert_bit_exact
 from random_cnn import build, specs
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=16, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(specs())
 def test_random_cnn_bit_exact(spec):
     data = build(spec)

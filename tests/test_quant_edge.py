@@ -15,7 +15,7 @@ from tvm_patch.quant import INT32_MIN, quantize_multiplier, round_away
 from tvm_patch.zoo import ModelWriter
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(quant_specs())
 def test_adversarial_quantization_bit_exact(spec):
     data = build(spec)

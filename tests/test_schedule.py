@@ -196,7 +196,7 @@ def random_input(graph, seed):
     return rng.integers(-128, 128, t.shape).astype(t.dtype)
 
 
-@settings(max_examples=24, deadline=None,
+@settings(max_examples=16, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(spec=networks(), data=st.data())
 def test_random_multi_block_schedule_bit_exact_and_cost_exact(spec, data):
