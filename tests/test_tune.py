@@ -63,6 +63,18 @@ def test_points_fit_and_their_units_are_the_planned_steps(space):
         assert p is None or tight.cost(p).arena_bytes <= budget
 
 
+def test_the_search_starts_from_the_default_or_the_compilers_choice(space):
+    _, data, mod, graph = kws()
+    t = tuner.Tuner(data, graph, mod)
+    assert t.propose(3, first=True)[0] == t.space.default()
+    default = t.space.cost(t.space.default()).arena_bytes
+    tight = tuner.Tuner(data, graph, mod, sram=default - 1)
+    first = tight.propose(3, first=True)
+    # layer by layer does not fit: the front's fewest MACs that fit, then random points
+    assert first[0] == tight.space.searched() and first[0].blocks
+    assert all(tight.space.fits(p) for p in first) and len(set(first)) == len(first)
+
+
 def test_tir_features_count_integer_arithmetic(space):
     from tvm_patch.passes import _kernels_of
     kernels = _kernels_of(tvm_patch.load(shared_model(MODEL)))

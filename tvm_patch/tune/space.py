@@ -144,6 +144,19 @@ class Space:
         """Layer by layer with the default kernels: what a build without a schedule runs."""
         return self.complete(Schedule((), self.fp))
 
+    def searched(self) -> Schedule | None:
+        """What the compiler itself builds under the budget: the point of the memory / MAC
+        front (schedule/search.py) with the fewest MACs that fits, default kernels."""
+        if self.sram is None:
+            return None
+        fitting = [c for c in self.search.front(self.objective)
+                   if self.bytes_of(c) <= self.sram]
+        if not fitting:
+            return None
+        point = self.complete(min(fitting, key=lambda c: (c.macs, len(c.schedule.blocks)))
+                              .schedule)
+        return point if self.fits(point) else None
+
     def sample(self, rng: random.Random, tries: int = 64) -> Schedule | None:
         """A random point that fits: a random path over the cuts through steps that each fit
         the budget on their own (each segment layer by layer or a random block over it),

@@ -1,7 +1,9 @@
 """The search: rounds of proposals, measured in parallel, each measurement a record.
 
 Both strategies first measure the default point (layer by layer, default kernels: what a
-build without options runs) when it fits. Model-guided (the default), as TVM's tuners do:
+build without options runs) when it fits; when it does not, the model-guided search starts
+from what the compiler builds under the budget (the memory / MAC front's fewest MACs that
+fit), the random one from random points. Model-guided (the default), as TVM's tuners do:
 the first round adds random points; every later round trains the cost model
 on all units measured so far, evolves a population (the best points measured, plus random
 ones) by mutation for a few generations scoring each fitting point by its predicted
@@ -120,6 +122,10 @@ class Tuner:
         if first and self.space.default() not in self.seen and \
                 self.space.fits(self.space.default()):
             out.append(self.space.default())
+        elif first and self.strategy == "model":  # the compiler's own choice under the budget
+            searched = self.space.searched()
+            if searched is not None and searched not in self.seen:
+                out.append(searched)
         if self.strategy == "model" and not first:
             self.model.train()
             out += self._evolve(n - len(out) - int(n * EPSILON))
