@@ -352,6 +352,15 @@ def test_module_not_from_load_error(mod):
     assert "not made by tvm_patch.load" in assert_clear(e.value)
 
 
+@pytest.mark.parametrize("mod", [tvm.IRModule(), tvm.IRModule(
+    {"main": relax.Function([], relax.const(1, "int32"))})], ids=["empty", "plain-relax"])
+def test_the_default_pipeline_leaves_other_modules_alone(mod):
+    """Without patch options the passes only apply tvm_patch's shipped records, which no
+    module from elsewhere has: tvm_patch.pipeline() stays usable on any Relax module."""
+    from tvm_patch.build import apply_passes
+    assert apply_passes(mod) is mod
+
+
 def test_sram_too_small_error_lists_layers(models):
     _, mod = models.model("mlperf-ic-resnet8-32")
     with pytest.raises(ModelError) as e:

@@ -24,7 +24,7 @@ from ..schedule import Schedule, choose
 from ..schedule.cost import CostModel
 from ..schedule.regions import plan_stage, stage_ops  # noqa: F401  (public helpers)
 from ..schedule.search import OBJECTIVES
-from .emit import POSITION_ATTR, calls_of, graph_of, to_relax
+from .emit import POSITION_ATTR, calls_of, carries_graph, graph_of, to_relax
 
 # a ModelError raised inside the pass reaches the caller as itself, not as a RuntimeError
 tvm_ffi.register_error("ModelError", ModelError)
@@ -47,6 +47,8 @@ def PatchBasedInference(schedule: Schedule | None = None, split="auto",  # noqa:
 
     @tvm.transform.module_pass(opt_level=0, name="PatchBasedInference")
     def _pass(mod, _ctx):
+        if records == SHIPPED and not carries_graph(mod):
+            return mod  # not a module of tvm_patch.load: no records can be for it
         graph = graph_of(mod)
         kernels = _kernels_of(mod)
         scratch = {pos: k.scratch_bytes for pos, k in kernels.items()}

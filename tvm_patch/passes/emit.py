@@ -135,13 +135,19 @@ def _emit_call(bb, name, func, kernel, inputs, out):
     return bb.emit(relax.TupleGetItem(both, 0), name_hint=_var_name(out.name))
 
 
+def carries_graph(mod) -> bool:
+    """Whether `mod` was made by tvm_patch.load (its `main` carries the model graph)."""
+    main = mod["main"] if "main" in [gv.name_hint for gv in mod.get_global_vars()] else None
+    return main is not None and main.attrs is not None and GRAPH_ATTR in main.attrs
+
+
 def graph_of(mod) -> Graph:
     """The graph a module was emitted from (modules from tvm_patch.load carry it)."""
     from ..graph import from_record
-    main = mod["main"] if "main" in [gv.name_hint for gv in mod.get_global_vars()] else None
-    if main is None or main.attrs is None or GRAPH_ATTR not in main.attrs:
+    if not carries_graph(mod):
         raise ModelError("this module was not made by tvm_patch.load: it carries no model "
                          "graph to plan the patch stage from")
+    main = mod["main"]
     data = {k: v.numpy() for k, v in main.attrs[DATA_ATTR].items()}
     return from_record(str(main.attrs[GRAPH_ATTR]), data)
 
