@@ -213,6 +213,17 @@ def test_a_measurement_that_hangs_times_out():
     assert k == 0 and result["error"].startswith("timed out")
 
 
+def test_int8_io_points_are_checked_against_tflite_micro():
+    """With io_type int8 the model takes and returns int8; TFLite Micro runs the original
+    on the float input that quantizes to it (test_io_type's rule)."""
+    with open(shared_model("mcunet-vww1"), "rb") as f:
+        data = f.read()
+    graph = tvm_patch.read(data, io_type="int8")
+    result = measure.measure({"model": data, "io_type": "int8",
+                              "schedule": Schedule((), fingerprint(graph)).dumps()})
+    assert result["error"] is None and result["exact"] is True
+
+
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory):
     """A real tuning of KWS, 4 trials on two local workers, through the command line."""

@@ -59,11 +59,25 @@ def _measure(task: dict, result: dict) -> None:
                                   zip(session.project["layers"], c.layer_instructions)])
     data = task["model"]
     if data[4:8] == b"TFL3":  # a .tflite model: TFLite Micro on the same input
+        if task.get("io_type") == "int8":  # the original model on the float input that
+            # quantizes to ours; our int8 outputs dequantized as its last DEQUANTIZE does
+            from ..frontend import read
+            graph = read(data, "int8")
+            scales = [graph.t(n).quant for n in graph.inputs + graph.outputs]
+            inputs = [_dequantized(x, q) for x, q in zip(inputs, scales)]
+            outputs = [_dequantized(y, q) for y, q in zip(outputs, scales[len(inputs):])]
         expected = reference.run(data, inputs)
         result["exact"] = len(expected) == len(outputs) and all(
             np.array_equal(a, b) for a, b in zip(outputs, expected))
         if not result["exact"]:
             result["error"] = "the outputs differ from TFLite Micro's"
+
+
+def _dequantized(q, quant) -> np.ndarray:
+    """float32(scale * (q - zero_point)): TFLite's DEQUANTIZE, and a float its QUANTIZE maps
+    back to q exactly."""
+    return (np.float32(quant.s) * (q.astype(np.float32) - np.float32(quant.zp))).astype(
+        np.float32)
 
 
 def _module(data: bytes, io_type):
