@@ -30,8 +30,9 @@ def passes(schedule=None, split=None, patches=None, sram=None, max_mac_overhead=
     option given (not None), turns it on; the options not given keep PatchBasedInference's
     defaults (auto). Without any, the build stays layer by layer, each layer on the kernel
     tvm_patch's shipped tuning records (schedules/*.jsonl) measured fastest for a model they
-    were made for (the module is left as it is for any other model). A schedule excludes the search options; tuning records (a file of
-    tvm_patch.tune's) take the budget options sram and objective only."""
+    were made for (the module is left as it is for any other model). A schedule excludes
+    the search options; tuning records (a file of tvm_patch.tune's) take the budget options
+    sram and objective only."""
     from .passes import SHIPPED, PatchBasedInference
     given = {name: value for name, value in zip(PATCH_OPTIONS, (
         schedule, split, patches, sram, max_mac_overhead, objective, records))

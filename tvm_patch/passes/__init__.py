@@ -13,6 +13,7 @@ Without a Schedule it searches one (schedule/search.py). The schedule is recorde
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import tvm
@@ -64,10 +65,8 @@ def PatchBasedInference(schedule: Schedule | None = None, split="auto",  # noqa:
         else:
             cost = choose(graph, split, patches, sram, max_mac_overhead, scratch, objective)
             if note:
-                cost.schedule = Schedule(cost.schedule.blocks, cost.schedule.model,
-                                         cost.schedule.io_type, f"{note}; "
-                                         f"{cost.schedule.note or 'searched instead'}",
-                                         cost.schedule.kernels)
+                cost.schedule = dataclasses.replace(
+                    cost.schedule, note=f"{note}; {cost.schedule.note or 'searched instead'}")
         out = to_relax(graph, cost.stages, kernels, cost.schedule)
         out["main"] = out["main"].with_attr(COST_ATTR, json.dumps(cost.as_dict()))
         return out

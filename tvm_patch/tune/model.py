@@ -130,7 +130,7 @@ class UnitFeatures:
         graph: Graph = self.graph
         ops = graph.ops[unit.first:unit.last + 1]
         if unit.kind == "block":
-            stage = self.space.model.block(_block(unit))
+            stage = self.space.model.block(unit.block)
             share = {id(op): (_stage_macs(stage, op, graph) / m if (m := op_macs(op, graph))
                               else float(stage.grid[0] * stage.grid[1])) for op in ops}
             macs, tiles = stage.macs, stage.grid[0] * stage.grid[1]
@@ -166,11 +166,6 @@ class UnitFeatures:
             if f is not None:
                 return len(f)
         return 0
-
-
-def _block(unit: Unit):
-    from ..schedule.schedule import Block
-    return Block(unit.first, unit.last, unit.grid, unit.halo)
 
 
 class CostModel:

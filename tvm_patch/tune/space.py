@@ -36,6 +36,10 @@ class Unit:
     halo: tuple = ()
 
     @property
+    def block(self) -> Block:
+        return Block(self.first, self.last, self.grid, self.halo)
+
+    @property
     def key(self) -> str:
         if self.kind == "op":
             return f"op {self.first} {self.kernel}"
@@ -52,7 +56,7 @@ class Space:
         if objective not in OBJECTIVES:
             raise ModelError(f"objective={objective!r}: expected one of {', '.join(OBJECTIVES)}")
         from ..passes import _kernels_of
-        kernels = _kernels_of(mod)
+        self.kernels = kernels = _kernels_of(mod)   # position -> its lowered Kernel
         self.graph, self.sram, self.objective = graph, sram, objective
         self.fp = fingerprint(graph)
         self.model = CostModel(graph, {p: k.scratch_bytes for p, k in kernels.items()})

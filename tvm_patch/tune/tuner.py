@@ -96,10 +96,7 @@ class Tuner:
             raise ModelError(f"strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
         self.data, self.flash, self.strategy, self.io_type = data, flash, strategy, io_type
         self.space = Space(graph, mod, sram, objective)
-        funcs = {}
-        from ..passes import _kernels_of
-        for pos, k in _kernels_of(mod).items():
-            funcs[pos] = k.func
+        funcs = {pos: k.func for pos, k in self.space.kernels.items()}
         self.model = CostModel(UnitFeatures(self.space, funcs), seed)
         self.rng = random.Random(seed)
         self.seen = set()           # points measured or being measured
