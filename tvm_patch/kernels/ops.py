@@ -9,6 +9,8 @@ pass compose these computes into one loop nest."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from tvm import te, tirx
 
@@ -541,11 +543,16 @@ def macs(op: Op, graph: Graph) -> int:
     out = graph.t(op.outputs[0])
     if op.kind == "conv2d":
         _, kh, kw, cin = graph.t(op.inputs[1]).shape
-        return int(np.prod(out.shape)) * kh * kw * cin
+        return _count(out.shape) * int(kh) * int(kw) * int(cin)
     if op.kind == "depthwise_conv2d":
         _, kh, kw, _ = graph.t(op.inputs[1]).shape
-        return int(np.prod(out.shape)) * kh * kw
+        return _count(out.shape) * int(kh) * int(kw)
     if op.kind == "fully_connected":
         n_out, n_in = graph.t(op.inputs[1]).shape
-        return int(np.prod(graph.t(op.inputs[0]).shape)) // n_in * n_out * n_in
+        return _count(graph.t(op.inputs[0]).shape) // int(n_in) * int(n_out) * int(n_in)
     return 0
+
+
+def _count(shape) -> int:
+    """Elements of a shape, as a Python int (no fixed-width overflow)."""
+    return math.prod(int(d) for d in shape)

@@ -149,10 +149,20 @@ def peak_live(plan: Plan, exclude: set = frozenset()) -> int:
     """The most aligned bytes live at any step (an in-place output counted with its input):
     a lower bound of any placement's arena, which the placer usually reaches."""
     groups = _anchor_groups([b for b in plan.buffers.values() if b.name not in exclude])
-    peak = 0
-    for k in range(max(len(plan.steps), 1)):
-        peak = max(peak, sum(_size(g) for g in groups
-                             if any(b.start <= k <= b.end for b in g)))
+    n = max(len(plan.steps), 1)
+    change = [0] * (n + 1)
+    for g in groups:  # a group counts its largest member at every step any member is live
+        size, last = _size(g), -1
+        for b in sorted(g, key=lambda b: b.start):
+            lo, hi = max(b.start, last + 1, 0), min(b.end, n - 1)
+            if lo <= hi:
+                change[lo] += size
+                change[hi + 1] -= size
+            last = max(last, b.end)
+    peak = live = 0
+    for k in range(n):
+        live += change[k]
+        peak = max(peak, live)
     return peak
 
 

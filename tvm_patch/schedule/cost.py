@@ -11,7 +11,7 @@ from ..graph import Graph, ModelError
 from ..kernels.ops import macs as op_macs
 from .arena import Call, Plan, arena_sizes, largest_steps, plan_calls
 from .regions import Stage, plan_block
-from .schedule import Schedule, check_model
+from .schedule import Schedule, check_model, fingerprint
 
 
 @dataclass
@@ -61,9 +61,9 @@ class CostModel:
     def __init__(self, graph: Graph, scratch: dict | None = None):
         self.graph = graph
         self.scratch = dict(scratch or {})
-        self.layer_macs = sum(op_macs(op, graph) for op in graph.ops)
         self._op_macs = [op_macs(op, graph) for op in graph.ops]
-        self._blocks, self._consumers = {}, None
+        self.layer_macs = sum(self._op_macs)
+        self._blocks, self._consumers, self._fp = {}, None, None
 
     def scratch_of(self, pos: int) -> int:
         if pos not in self.scratch:
@@ -71,8 +71,14 @@ class CostModel:
             self.scratch[pos] = lower_op(self.graph.ops[pos], self.graph).scratch_bytes
         return self.scratch[pos]
 
+    @property
+    def fingerprint(self) -> str:
+        if self._fp is None:
+            self._fp = fingerprint(self.graph)
+        return self._fp
+
     def stages(self, schedule: Schedule) -> list:
-        check_model(schedule, self.graph)
+        check_model(schedule, self.graph, fp=self.fingerprint)
         return [self.block(b) for b in schedule.blocks]
 
     def block(self, block):

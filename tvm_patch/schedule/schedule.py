@@ -171,11 +171,14 @@ def read_schedule(path: str) -> Schedule:
     return parse(data.decode("utf-8", errors="replace"), path)
 
 
-def check_model(schedule: Schedule, graph: Graph, where: str = "schedule") -> None:
-    """Refuses a schedule made for another model, or naming operators it does not have."""
-    if schedule.model and schedule.model != fingerprint(graph):
+def check_model(schedule: Schedule, graph: Graph, where: str = "schedule",
+                fp: str | None = None) -> None:
+    """Refuses a schedule made for another model, or naming operators it does not have.
+    `fp`: the graph's fingerprint, when already known."""
+    fp = fp if schedule.model and fp else fingerprint(graph) if schedule.model else None
+    if schedule.model and schedule.model != fp:
         raise ModelError(f"{where} was made for another model (fingerprint {schedule.model}, "
-                         f"this model's is {fingerprint(graph)})")
+                         f"this model's is {fp})")
     for k, b in enumerate(schedule.blocks):
         if b.last >= len(graph.ops):
             raise ModelError(f"{where}: block {k} ends at operator position {b.last}; the "
