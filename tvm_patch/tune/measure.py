@@ -100,8 +100,8 @@ def _inputs(specs: list) -> list:
 class LocalRunner:
     """A pool of `jobs` worker processes (spawned: TVM does not survive a fork)."""
 
-    def __init__(self, jobs: int = 2, timeout: float = TIMEOUT_S):
-        self.jobs, self.timeout = max(1, jobs), timeout
+    def __init__(self, jobs: int = 2, timeout: float = TIMEOUT_S, fn=measure):
+        self.jobs, self.timeout, self.fn = max(1, jobs), timeout, fn
         self._pool = None
 
     def _start(self):
@@ -111,7 +111,7 @@ class LocalRunner:
     def run(self, tasks: list):
         """Yields (index, result) as each task ends, in completion order."""
         self._start()
-        pending = {k: self._pool.apply_async(measure, (t,)) for k, t in enumerate(tasks)}
+        pending = {k: self._pool.apply_async(self.fn, (t,)) for k, t in enumerate(tasks)}
         deadline = {k: time.monotonic() + self.timeout * (1 + k // self.jobs)
                     for k in pending}
         while pending:
@@ -126,7 +126,7 @@ class LocalRunner:
                               "instructions": None, "layers": []}
                 self.close()
                 self._start()
-                pending = {k: self._pool.apply_async(measure, (tasks[k],)) for k in pending}
+                pending = {k: self._pool.apply_async(self.fn, (tasks[k],)) for k in pending}
                 deadline = {k: time.monotonic() + self.timeout * (1 + i // self.jobs)
                             for i, k in enumerate(pending)}
             if not done:
@@ -143,7 +143,7 @@ class RayRunner:
     """Tasks on a Ray cluster (`address` as ray.init takes it: "auto", "ray://host:10001",
     or "local" for a Ray instance on this machine). Each task asks for one CPU."""
 
-    def __init__(self, address: str, timeout: float = TIMEOUT_S):
+    def __init__(self, address: str, timeout: float = TIMEOUT_S, fn=measure):
         try:
             import ray
         except ImportError:
@@ -155,7 +155,7 @@ class RayRunner:
                      include_dashboard=False, log_to_driver=False,
                      runtime_env={"env_vars": {k: v for k, v in os.environ.items()
                                                if k.startswith("TVM_PATCH")}})
-        self._measure = ray.remote(num_cpus=1, max_retries=0)(measure)
+        self._measure = ray.remote(num_cpus=1, max_retries=0)(fn)
 
     def run(self, tasks: list):
         ray = self.ray
@@ -182,5 +182,7 @@ class RayRunner:
         pass
 
 
-def runner(jobs: int = 2, ray: str | None = None, timeout: float = TIMEOUT_S):
-    return RayRunner(ray, timeout) if ray else LocalRunner(jobs, timeout)
+def runner(jobs: int = 2, ray: str | None = None, timeout: float = TIMEOUT_S, fn=measure):
+    """Runs `fn` (a module-level function of one task dict) over tasks: on a Ray cluster
+    when `ray` is given, else in a pool of `jobs` local processes."""
+    return RayRunner(ray, timeout, fn) if ray else LocalRunner(jobs, timeout, fn)
