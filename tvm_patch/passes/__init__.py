@@ -55,7 +55,7 @@ def PatchBasedInference(schedule: Schedule | None = None, split="auto",  # noqa:
         scratch = {pos: k.scratch_bytes for pos, k in kernels.items()}
         chosen, note = schedule, ""
         if records == SHIPPED:
-            chosen = _shipped(graph, scratch)
+            chosen = _shipped(graph, kernels)
             if chosen is None:
                 return mod
         elif records is not None:
@@ -91,12 +91,23 @@ def _from_records(path: str, graph, scratch: dict, sram, objective) -> tuple:
     return chosen, "; ".join(notes)
 
 
-def _shipped(graph, scratch: dict):
+def _shipped(graph, kernels: dict):
     """The fastest layer-by-layer point of the records shipped for this model (its kernel
-    knobs; the same arena as the default build), or None: the module stays as it is."""
+    knobs; the same arena as the default build), or None when there is none or it runs
+    the kernels the build takes anyway: the module stays as it is."""
+    from ..kernels.variants import c_kernel
     from ..tune.records import best, default_records, read_records
     found = [r for path in default_records(graph) for r in read_records(path, graph)[0]]
-    return best(found, None, layer_by_layer=True) if found else None
+    chosen = best(found, None, layer_by_layer=True) if found else None
+    if chosen is None:
+        return None
+    for pos, knob in chosen.kernels:
+        k = kernels.get(pos)
+        default = k is not None and c_kernel(graph.ops[pos], graph, len(k.func.params),
+                                             k.scratch_bytes, default=True) is not None
+        if knob != ("c" if default else "tvm"):
+            return chosen
+    return None
 
 
 def cost_of(mod) -> dict | None:
