@@ -84,6 +84,38 @@ def main(argv=None) -> int:
                    "(arena x instructions) with their Pareto front")
     p.add_argument("--io-type", choices=IO_TYPES, help="int8: integer input and output")
 
+    p = sub.add_parser("nas", help="search an architecture and its schedule that fit the "
+                                    "budgets, the compiler as the cost oracle")
+    p.add_argument("--sram", type=_number(int, 1), required=True, metavar="BYTES",
+                   help="arena budget (the --objective bytes)")
+    p.add_argument("--flash", type=_number(int, 1), metavar="BYTES",
+                   help="Flash budget (the oracle's estimate); default: none")
+    p.add_argument("--instructions", type=_number(int, 1), metavar="N",
+                   help="predicted instructions per inference at most; default: none")
+    p.add_argument("--resolution", default="auto", metavar="R|auto",
+                   help="the input resolution, or auto: searched (48-224 in steps of 16)")
+    p.add_argument("--generations", type=_number(int, 1), default=20, metavar="G")
+    p.add_argument("--population", type=_number(int, 2), default=100, metavar="N")
+    p.add_argument("--evaluator", default="macs", metavar="NAME|M:F",
+                   help="the score: macs (default), naswot, zen, or module:function "
+                        "called with the config dict")
+    p.add_argument("--classes", type=_number(int, 1), default=1000, metavar="N",
+                   help="the classifier's outputs (default 1000)")
+    p.add_argument("--objective", choices=("arena", "arena_excl_io"), default="arena",
+                   help="the accounting rule --sram bounds (default arena)")
+    p.add_argument("--se", action="store_true", help="offer squeeze-and-excite per block")
+    p.add_argument("--redistribute", action="store_true",
+                   help="MCUNetV2's receptive-field redistribution: kernel 3, expansion 3-4 "
+                        "in the high-resolution stages")
+    p.add_argument("--seed", type=_number(int, 0), default=0)
+    p.add_argument("--jobs", type=_number(int, 1), default=2, metavar="J",
+                   help="candidate evaluations in parallel on this machine (default 2)")
+    p.add_argument("--ray", metavar="ADDRESS",
+                   help="evaluate on a Ray cluster instead (as tune's --ray)")
+    p.add_argument("-o", "--out", required=True, metavar="DIR",
+                   help="write config.json, model.tflite, schedule.json, population.png")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
     p = sub.add_parser("zoo", help="write an int8 .tflite from the zoo or an MCUNet config")
     p.add_argument("name", metavar="NAME_OR_CONFIG")
     p.add_argument("-o", "--output", required=True, metavar="OUT.tflite")
@@ -104,7 +136,7 @@ def main(argv=None) -> int:
                     signal.signal(signal.SIGINT, signal.default_int_handler))
     try:  # Ctrl-C and SIGTERM unwind like errors, so every `with` stops its emulator
         return {"profile": _profile, "build": _build, "run": _run, "pareto": _pareto,
-                "tune": _tune, "zoo": _zoo, "demo": _demo}[args.command](args)
+                "tune": _tune, "nas": _nas, "zoo": _zoo, "demo": _demo}[args.command](args)
     except ModelError as e:
         print(f"tvm-patch: error: {e}", file=sys.stderr)
         return 2
@@ -524,6 +556,44 @@ def _tune(args) -> int:
         if args.plot:
             print(f"plot: {args.plot}")
     return 130 if result.interrupted else 0
+
+
+def _nas(args) -> int:
+    from . import nas
+    resolution = args.resolution
+    if resolution != "auto":
+        try:
+            resolution = int(resolution)
+        except ValueError:
+            raise ModelError(f"--resolution {resolution!r}: give a number or auto") from None
+        if not 32 <= resolution <= 512:
+            raise ModelError(f"--resolution {resolution}: expected 32 to 512")
+    _check_writable(args.out, "--out", directory=True)
+    parents = max(1, args.population // 4)
+    found = nas.run(args.sram, args.flash, args.instructions, out=args.out,
+                    resolution=resolution, generations=args.generations,
+                    population=args.population, parents=parents,
+                    mutations=args.population // 2, crossovers=args.population // 2,
+                    evaluator=args.evaluator, seed=args.seed, objective=args.objective,
+                    classes=args.classes, jobs=args.jobs, ray=args.ray,
+                    space=nas.Space(se=args.se, redistribute=args.redistribute),
+                    progress=not args.json)
+    if args.json:
+        print(json.dumps(found.as_dict()))
+        return 0
+    d = found.as_dict()
+    print(f"{d['evaluations']} candidates in {d['seconds']:.0f} s; best: {d['name']}")
+    print(f"  {d['macs']:,} MACs (x{found.query.macs_overhead:.3f} with its schedule), "
+          f"score {d['score']:.6g}, resolution {d['resolution']}")
+    print(f"  arena {d['arena_bytes']:,} B, arena_excl_io {d['arena_excl_io_bytes']:,} B "
+          f"(layer by layer {d['layer_by_layer_arena_bytes']:,} B), Flash ~{d['flash_bytes']:,} B,"
+          f" ~{d['predicted_instructions']:,} instructions")
+    print(f"  schedule: {found.query.schedule.describe()}")
+    for k in ("config", "tflite", "schedule", "plot"):
+        if k in d:
+            print(f"  {k}: {d[k]}")
+    print(f"build it: tvm-patch build {d['tflite']} --schedule {d['schedule']}")
+    return 0
 
 
 def _zoo(args) -> int:

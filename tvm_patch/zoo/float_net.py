@@ -172,7 +172,8 @@ class FloatNet:
         bias = beta - mean * gain
         value = activation(z * gain + bias, act)
         node = Node("dwconv" if depthwise else "conv", [x.index], (1,) + value.shape[1:],
-                    dict(weights=weights, bias=bias, stride=stride, pads=pads, padding=padding, act=act))
+                    dict(weights=weights, bias=bias, stride=stride, pads=pads, padding=padding, act=act,
+                         bn_std=std))
         return self._add(node, value)
 
     def pad_same(self, x: Act, kernel: int, stride: int) -> Act:
