@@ -13,11 +13,11 @@ import pytest
 
 import tvm_patch
 from tvm_patch import cli, mcu, profile, reference
-from tvm_patch.build import PATCH_OPTIONS, passes
+from tvm_patch.build import PATCH_OPTIONS, apply_passes, passes
 from tvm_patch.frontend import read
 from tvm_patch.frontend.io_type import with_io_type
 from tvm_patch.graph import ModelError
-from tvm_patch.passes import choose, cost_of
+from tvm_patch.passes import PatchBasedInference, choose, cost_of
 from tvm_patch.passes.emit import graph_of
 from tvm_patch.schedule import Block, Schedule, fingerprint
 from tvm_patch.tune.records import record_line
@@ -110,6 +110,16 @@ def test_no_patch_option_keeps_layer_by_layer(monkeypatch, tmp_path):
     assert cost["schedule"]["blocks"] == [] and cost["schedule"]["kernels"] == {"0": "tvm"}
     assert "from tuning records" in cost["note"]
     assert profile(built).arena_bytes == profile(mod).arena_bytes
+    # a module already patched keeps its schedule (a tuning measuring its points while it
+    # writes the shipped records, a user's mcu.compile of a patched module)
+    graph = graph_of(mod)
+    later = max(k for k, op in enumerate(graph.ops) if op.kind == "conv2d")
+    (shipped / "kws.jsonl").write_text(record_line(
+        Schedule((), point.model, kernels=((later, "tvm"),)), {"instructions": 3}, [], None,
+        {}))
+    assert cost_of(tvm_patch.build(mod))["schedule"]["kernels"] == {str(later): "tvm"}
+    patched = PatchBasedInference(Schedule((Block(0, 1, (2, 2)),), point.model))(mod)
+    assert apply_passes(patched) is patched
     # records confirming the kernels the build takes anyway leave the module as it is
     (shipped / "kws.jsonl").write_text(record_line(
         Schedule((), point.model, kernels=((0, "c"),)), {"instructions": 4}, [], None, {}))

@@ -48,8 +48,8 @@ def PatchBasedInference(schedule: Schedule | None = None, split="auto",  # noqa:
 
     @tvm.transform.module_pass(opt_level=0, name="PatchBasedInference")
     def _pass(mod, _ctx):
-        if records == SHIPPED and not carries_graph(mod):
-            return mod  # not a module of tvm_patch.load: no records can be for it
+        if records == SHIPPED and (not carries_graph(mod) or cost_of(mod) is not None):
+            return mod  # not tvm_patch.load's, or already scheduled: kept as it is
         graph = graph_of(mod)
         kernels = _kernels_of(mod)
         scratch = {pos: k.scratch_bytes for pos, k in kernels.items()}
