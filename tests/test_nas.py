@@ -191,3 +191,28 @@ def test_rank_spaces_prefers_what_fits():
     assert len(rows) == 4
     top = rows[0]
     assert top["fit"] > 0 and (top["width"], top["resolution"]) != (1.0, 224)
+
+
+def test_search_on_a_local_ray_instance():
+    """The tuner's Ray runner evaluates the candidates; the same seed finds the same."""
+    pytest.importorskip("ray", reason="the [ray] extra")
+    small = dict(SMALL, generations=1, population=4, parents=2, mutations=2, crossovers=2)
+    on_ray = nas.search(320 * 1024, **dict(small, jobs=2), ray="local", seed=2)
+    here = nas.search(320 * 1024, **small, seed=2)
+    assert {c.arch for c in on_ray.history} == {c.arch for c in here.history}
+    assert on_ray.best.arch == here.best.arch
+    assert on_ray.best.result == here.best.result
+
+
+def test_per_layer_breakdown_counts_in_place_outputs_once():
+    """The breakdown's largest step is the plan's peak live bytes, never above the arena
+    (an in-place depthwise output shares its input's bytes)."""
+    import re
+    from tvm_patch.schedule.arena import largest_steps, peak_live
+    for arch in tiny_archs(3, seed=9):
+        oracle = nas.Oracle(arch.config(num_classes=10))
+        plan = oracle.model.plan(oracle.layer_by_layer)
+        assert any(b.anchor for b in plan.buffers.values())
+        top = max(int(v.replace(",", "")) for v in re.findall(r"live +([\d,]+) B",
+                                                                largest_steps(plan)))
+        assert top == peak_live(plan) <= plan.arena_bytes

@@ -10,8 +10,9 @@ one the build uses. So a query's arena and arena_excl_io equal the built module'
 Flash is estimated: the weights, biases and per-channel requantization constants the
 firmware stores (exact counts) plus a code estimate (runtime and kernel library, and a
 per-operator and per-block term) fitted to the firmware link maps of benchmarks/mcu.py.
-Instructions are predicted per operator from its MACs and output size with coefficients per
-operator kind fitted to emulator measurements of the C kernels (the tuner's records)."""
+Instructions are predicted per operator from its MACs and output size, with coefficients per
+operator kind fitted to the emulator measurements in the tuner's records (within 4% of the
+measured layer-by-layer totals of the five models fitted)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import numpy as np
 from ..frontend.simplify import fold_pads, mark_inplace
 from ..graph import DTYPE_BYTES, Graph, ModelError, Op, Quant, Tensor, same_padding
 from ..kernels.ops import macs as op_macs
-from ..schedule.arena import peak_live, plan_calls
+from ..schedule.arena import live_bytes, peak_live, plan_calls
 from ..schedule.cost import Cost, CostModel, units
 from ..schedule.regions import BLOCK_KINDS
 from ..schedule.schedule import Block, Schedule, fingerprint
@@ -37,11 +38,13 @@ _ACT = {"relu6": "relu6", "relu": "relu", None: "none", "hard_swish": "none",
 # block (its generated loop nest): fitted to the firmware of four MCUNet-format zoo models
 # (benchmarks/RESULTS.md's STM32F746 table: within 4 KB each, layer by layer and patched)
 CODE_BASE, CODE_PER_BLOCK = 74_000, 8_400
-# instructions per MAC and per output element of the C kernels on the Cortex-M7 emulator
-INSTRUCTIONS = {"conv2d": (0.42, 6.0), "conv2d_1x1": (0.30, 6.0),
-                "depthwise_conv2d": (1.05, 10.0), "fully_connected": (0.35, 12.0),
-                "add": (0.0, 9.0), "mul": (0.0, 9.0), "mean": (0.0, 40.0),
-                "softmax": (0.0, 160.0), "hard_swish": (0.0, 14.0), "reshape": (0.0, 0.0)}
+# instructions per MAC and per output element of the default kernels on the Cortex-M7
+# emulator, least squares over the default points the tuner measured (schedules/: five
+# MobileNet-style models, 235 layers; benchmarks/nas.py section 5 prints the fit)
+INSTRUCTIONS = {"conv2d": (3.64, 0.0), "conv2d_1x1": (1.53, 31.4),
+                "depthwise_conv2d": (3.92, 27.9), "fully_connected": (4.62, 0.0),
+                "add": (0.0, 81.5), "mul": (0.0, 81.5), "mean": (0.0, 24.6),
+                "softmax": (0.0, 59.2), "hard_swish": (0.0, 30.0), "reshape": (0.0, 0.0)}
 BLOCK_OVERHEAD = 1.10
 LEVELS_FUSED = 4  # downsampling levels Oracle.fit fuses at most  # a fused block's instructions over its layers' at the same MACs
 
@@ -182,6 +185,13 @@ SCRATCH_FREE = ("conv2d", "depthwise_conv2d", "add", "mul", "mean", "reshape",
                 "fully_connected", "softmax", "hard_swish")
 
 
+def kind_of(op: Op, graph: Graph) -> str:
+    """The instruction table's row of an operator (1x1 convolutions apart)."""
+    if op.kind == "conv2d" and tuple(graph.t(op.inputs[1]).shape[1:3]) == (1, 1):
+        return "conv2d_1x1"
+    return op.kind
+
+
 @dataclass
 class Query:
     """What one (architecture, schedule) costs."""
@@ -217,10 +227,7 @@ class Oracle:
 
     def _instructions(self, op: Op) -> float:
         graph = self.graph
-        kind = op.kind
-        if kind == "conv2d" and graph.t(op.inputs[1]).shape[1:3] == (1, 1):
-            kind = "conv2d_1x1"
-        per_mac, per_out = INSTRUCTIONS.get(kind, (0.0, 10.0))
+        per_mac, per_out = INSTRUCTIONS.get(kind_of(op, graph), (0.0, 10.0))
         return per_mac * op_macs(op, graph) + per_out * math.prod(graph.t(op.outputs[0]).shape)
 
     @property
@@ -281,16 +288,8 @@ class Oracle:
         fusing operators before `cut` leaves those steps as they are, so no such schedule
         has an arena below it."""
         params, calls = self.model.calls([])
-        plan = plan_calls(params, calls, self.graph.outputs, placed=False)
-        n = len(plan.steps)
-        live = [0] * (n + 1)
-        for b in plan.buffers.values():
-            if b.name not in io and not b.anchor:
-                live[max(b.start, 0)] += b.nbytes
-                live[min(b.end, n - 1) + 1] -= b.nbytes
-        for k in range(1, n + 1):
-            live[k] += live[k - 1]
-        for k in range(n - 2, -1, -1):
+        live = live_bytes(plan_calls(params, calls, self.graph.outputs, placed=False), io)
+        for k in range(len(live) - 2, -1, -1):
             live[k] = max(live[k], live[k + 1])
         step_of, k = {}, 0
         for kind, pos in units(self.graph, []):

@@ -146,33 +146,40 @@ def arena_sizes(params: list, calls: list, outputs: list) -> tuple:
 
 
 def peak_live(plan: Plan, exclude: set = frozenset()) -> int:
-    """The most aligned bytes live at any step (an in-place output counted with its input):
+    """The most aligned bytes live at any step, an in-place output sharing its input's
+    bytes (a group of buffers at one offset counts its largest member live at that step):
     a lower bound of any placement's arena, which the placer usually reaches."""
-    groups = _anchor_groups([b for b in plan.buffers.values() if b.name not in exclude])
+    return max(live_bytes(plan, exclude), default=0)
+
+
+def live_bytes(plan: Plan, exclude: set = frozenset()) -> list:
+    """Per step, the aligned bytes live then (as peak_live counts them)."""
     n = max(len(plan.steps), 1)
-    change = [0] * (n + 1)
-    for g in groups:  # a group counts its largest member at every step any member is live
-        size, last = _size(g), -1
-        for b in sorted(g, key=lambda b: b.start):
-            lo, hi = max(b.start, last + 1, 0), min(b.end, n - 1)
+    change, live = [0] * (n + 1), [0] * n
+    for g in _anchor_groups([b for b in plan.buffers.values() if b.name not in exclude]):
+        if len(g) == 1:
+            b = g[0]
+            lo, hi = max(b.start, 0), min(b.end, n - 1)
             if lo <= hi:
-                change[lo] += size
-                change[hi + 1] -= size
-            last = max(last, b.end)
-    peak = live = 0
+                change[lo] += _align(b.nbytes)
+                change[hi + 1] -= _align(b.nbytes)
+            continue
+        for k in range(max(_start(g), 0), min(_end(g), n - 1) + 1):
+            live[k] += max((_align(b.nbytes) for b in g if b.start <= k <= b.end), default=0)
+    running = 0
     for k in range(n):
-        live += change[k]
-        peak = max(peak, live)
-    return peak
+        running += change[k]
+        live[k] += running
+    return live
 
 
 def largest_steps(plan: Plan, count: int = 8) -> str:
-    """The per-layer memory breakdown of a plan: its `count` steps with the most live bytes."""
-    rows = []
-    for k, step in enumerate(plan.steps):
-        live = sum(b.nbytes for b in plan.live_at(k))
-        rows.append((live, f"  step {k:>3} {step.op.get('kind', step.func) or step.func:<18} "
-                           f"output {step.output:<28} live {live:>10,} B"))
+    """The per-layer memory breakdown of a plan: its `count` steps with the most live bytes
+    (aligned; an in-place output sharing its input's bytes, as peak_live counts)."""
+    live = live_bytes(plan)
+    rows = [(live[k], f"  step {k:>3} {step.op.get('kind', step.func) or step.func:<18} "
+                      f"output {step.output:<28} live {live[k]:>10,} B")
+            for k, step in enumerate(plan.steps)]
     return "\n".join(r for _, r in sorted(rows, reverse=True)[:count])
 
 
