@@ -5,13 +5,15 @@
      best instructions so far, and the trials each needs to reach the best point random
      search finds;
   2. tuned against default: the default build (layer by layer, default kernels) against the
-     tuned point under a budget of the default's own arena (no more memory), all four
-     shared models, every point bit-exact with TFLite Micro;
+     tuned point under a budget of the default's own arena (no more memory) and the
+     STM32F746's 1 MB of Flash, the four shared models and the zoo models that fit the
+     board, every point bit-exact with TFLite Micro;
   3. mcunet-vww1 under budgets of 64, 32 and 20 KB (arena_excl_io and arena): the fastest
      measured schedule that fits, its instructions over layer by layer's.
 
-    python benchmarks/tune.py [--trials N] [--budget-trials N] [--jobs J] [--quick]
-        [--records DIR]    # keep every tuning's records there (default: a temporary dir)
+    python benchmarks/tune.py [--trials N] [--zoo-trials N] [--budget-trials N] [--jobs J]
+        [--quick] [--records DIR]  # keep every tuning's records there (default: temporary)
+        [--ship]           # section 2's records become tvm_patch's shipped ones (schedules/)
 
 The kernel cache (tvm_patch/cache.py) stays on, as in a user's tuning. Accounting rules:
 instructions are guest instructions of one inference counted by the
@@ -39,6 +41,15 @@ from tvm_patch import tune  # noqa: E402
 
 SHARED = ["mlperf-kws-dscnn", "mlperf-ic-resnet8-32", "mlperf-vww-mobilenetv1-0.25-96",
           "mcunet-vww1"]
+# the zoo models that fit the STM32F746 (tests/test_models_exact.py's ZOO less the two
+# that do not), by the name their records file takes
+ZOO = {"demo": dict(name_or_config="demo"), "resnet8": dict(name_or_config="resnet8"),
+       **{name: dict(name_or_config=os.path.join("configs", config)) for name, config in (
+           ("mcunet-10fps", "mcunet-10fps_imagenet.json"),
+           ("mcunet-5fps", "mcunet-5fps_imagenet.json"),
+           ("proxyless-w0.3-r176", "proxyless-w0.3-r176_imagenet.json"),
+           ("mcunet-320kb", "mcunet-320kb-1mb_imagenet.json"))}}
+FLASH = 1024 * 1024  # the STM32F746's
 CURVES = ["mcunet-vww1", "mlperf-vww-mobilenetv1-0.25-96"]
 CURVE_BUDGET = 0.5  # of layer by layer's arena_excl_io: fused blocks needed, grids searched
 BUDGETS = [64 * 1024, 32 * 1024, 20 * 1024]
@@ -50,6 +61,7 @@ _runs = {}  # the same tuning asked twice (sections 1 and 2) runs once
 def run(path, records_dir, label, trials, jobs, **kw):
     key = (path, trials, tuple(sorted(kw.items())))
     if key not in _runs:
+        os.makedirs(records_dir, exist_ok=True)
         records = os.path.join(records_dir, f"{label}.jsonl")
         if os.path.exists(records):
             os.remove(records)
@@ -100,24 +112,36 @@ def _default_arena(path, objective="arena", io_type=None) -> int:
     return space.bytes_of(space.cost(space.default()))
 
 
-def tuned_vs_default(models_dir, records_dir, trials, jobs):
+def _zoo_model(name, models_dir, where) -> str:
+    from tvm_patch import zoo
+    spec = dict(ZOO[name])
+    if spec["name_or_config"].endswith(".json"):
+        spec["name_or_config"] = os.path.join(models_dir, spec["name_or_config"])
+    return zoo.save(spec.pop("name_or_config"), os.path.join(where, name + ".tflite"), **spec)
+
+
+def tuned_vs_default(models_dir, records_dir, trials, jobs, models_tmp, zoo_trials):
     rows, total = [], [0, 0]
-    for name in SHARED:
-        path = os.path.join(models_dir, name + ".tflite")
+    for name in SHARED + list(ZOO):
+        path = os.path.join(models_dir, name + ".tflite") if name in SHARED else \
+            _zoo_model(name, models_dir, models_tmp)
         default = _default_arena(path)
-        r = run(path, records_dir, name, trials, jobs, strategy="model", sram=default)
+        r = run(path, records_dir, name, trials if name in SHARED else zoo_trials, jobs,
+                strategy="model", sram=default, flash=FLASH)
         first = r.trials[0]
         assert first.schedule.layer_by_layer, "the model-guided search measures the default first"
         exact = all(t.error is None for t in r.trials if t.instructions is not None)
-        rows.append([name, b(first.instructions), b(r.best.instructions),
+        rows.append([name + ("" if name in SHARED else " (zoo)"), b(first.instructions),
+                     b(r.best.instructions),
                      f"{r.best.instructions / first.instructions:.3f}",
                      b(r.best.arena_bytes), "yes" if exact else "NO",
                      sum(t.error is not None for t in r.trials), f"{r.seconds:.0f}",
                      r.best.schedule.describe()[:60]])
         total[0] += first.instructions
         total[1] += r.best.instructions
-    print(f"2. Tuned vs default (layer by layer, default kernels), {trials} measurements, "
-          f"budget = the default's arena\n")
+    print(f"2. Tuned vs default (layer by layer, default kernels), {trials} measurements "
+          f"({zoo_trials} for the zoo models), budget = the default's arena and {b(FLASH)} B "
+          f"of Flash\n")
     print(table(["model", "default instr", "tuned instr", "x default", "arena B", "bit-exact",
                  "failed", "search s", "tuned point"], rows))
     print(f"\ntotal: default {b(total[0])}, tuned {b(total[1])} "
@@ -168,6 +192,9 @@ def main() -> int:
     parser.add_argument("--records", metavar="DIR")
     parser.add_argument("--quick", action="store_true", help="section 1 only, 16 trials")
     parser.add_argument("--sections", default="123")
+    parser.add_argument("--ship", action="store_true",
+                        help="write section 2's records to schedules/ (shipped with tvm_patch)")
+    parser.add_argument("--zoo-trials", type=int, default=12)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tvmp-tune-bench-") as tmp:
         where = args.records or tmp
@@ -178,7 +205,9 @@ def main() -> int:
         if "1" in args.sections:
             curves(args.models, where, args.trials, args.jobs)
         if "2" in args.sections:
-            tuned_vs_default(args.models, where, args.trials, args.jobs)
+            from tvm_patch.tune.records import DEFAULT_DIR
+            tuned_vs_default(args.models, DEFAULT_DIR if args.ship else where, args.trials,
+                             args.jobs, tmp, args.zoo_trials)
         if "3" in args.sections:
             budgets(args.models, where, args.budget_trials, args.jobs)
     return 0
