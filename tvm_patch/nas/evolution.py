@@ -46,8 +46,9 @@ def evaluate(task: dict) -> dict:
             why.append(f"{best.instructions:,} instructions over {task['instructions']:,}")
         out["rejected"] = "; ".join(why) or None
         out["feasible"] = not why
-        if out["feasible"]:
-            out["score"] = float(evaluator_of(task["evaluator"])(config))
+        if out["feasible"]:  # macs: the oracle has them already
+            out["score"] = float(lbl.layer_macs) if task["evaluator"] == "macs" else \
+                float(evaluator_of(task["evaluator"])(config))
     except Exception as e:  # noqa: BLE001  (a broken evaluator names the candidate)
         out["error"] = f"{arch.name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     return out
