@@ -142,16 +142,27 @@ def tile_buffer(k: int) -> str:
 
 
 def plan_tiles(stage: Stage, sizes: dict) -> tuple:
-    """Offsets of the tile buffers in the stage's workspace, and its size: a tile buffer
-    lives from the operator that writes it to the last one that reads it (within one tile),
-    or for the whole run if it keeps rows for the next tile; buffers whose lifetimes do not
-    overlap share bytes."""
+    """Offsets of the tile buffers in the stage's workspace, and its size. The loop nest
+    computes the operators in some order of their dependencies, not necessarily the graph's
+    (branches of a residual block in either order), so a tile buffer lives from the
+    operator that writes it until every operator that need not run after all of its
+    readers (or for the whole run if it keeps rows for the next tile); buffers whose
+    lifetimes do not overlap share bytes."""
     from .arena import Buffer, place
-    bufs, everything = [], len(stage.ops)
-    for k, op in enumerate(stage.ops):
+    ops, everything = stage.ops, len(stage.ops)
+    made = {op.outputs[0]: k for k, op in enumerate(ops)}
+    after = [set() for _ in ops]  # after[j]: the operators j depends on, transitively
+    for j, op in enumerate(ops):
+        for n in op.inputs:
+            if n in made:
+                after[j] |= after[made[n]] | {made[n]}
+    bufs = []
+    for k, op in enumerate(ops):
         name = tile_buffer(k)
         if name in sizes:
-            last = max(j for j, user in enumerate(stage.ops) if op.outputs[0] in user.inputs)
+            readers = {j for j, user in enumerate(ops) if op.outputs[0] in user.inputs}
+            last = max(j for j in range(everything)
+                       if j in readers or not readers <= after[j])
             if stage.kept(op.outputs[0]):  # it keeps rows for the next tile
                 k, last = 0, everything
             bufs.append(Buffer(name, sizes[name], k, last, "scratch"))
