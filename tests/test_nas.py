@@ -17,10 +17,9 @@ from tvm_patch.kernels.lower import lower_op
 from tvm_patch.nas.oracle import graph_of, scratch_bytes
 from tvm_patch.nas.space import Arch, Space
 from tvm_patch.passes import PatchBasedInference
-from tvm_patch.schedule import Block, Schedule, fingerprint
-from tvm_patch.schedule.regions import is_global_mean, plan_block
-from tvm_patch.schedule.search import single_cuts
+from tvm_patch.schedule import Schedule, fingerprint
 from conftest import SHARED_MODELS
+from test_schedule import random_blocks
 
 CONFIGS = os.path.join(SHARED_MODELS, "configs")
 # small networks of the space: the whole space's operators, cheap to build and lower
@@ -69,25 +68,9 @@ def test_scratch_rule_is_what_the_lowered_kernels_allocate():
 
 
 def random_schedule(graph, rng) -> Schedule:
-    """Blocks from cut to cut with random grids and halo policies (those plan_block refuses
-    stay layer by layer); possibly none."""
-    cuts, blocks, a = sorted(single_cuts(graph)), [], 0
-    halos = [("recompute", "recompute"), ("cache", "recompute"), ("recompute", "cache")]
-    while a < cuts[-1]:
-        b = rng.choice([c for c in cuts if c > a][:4])
-        op = graph.ops[b - 1]
-        out = graph.t(op.inputs[0] if is_global_mean(op, graph) else op.outputs[0])
-        if rng.random() < 0.6 and len(out.shape) == 4:
-            block = Block(a, b - 1, (rng.randint(1, min(int(out.shape[1]), 6)),
-                                     rng.randint(1, min(int(out.shape[2]), 6))),
-                          rng.choice(halos))
-            try:
-                plan_block(graph, block)
-                blocks.append(block)
-            except ModelError:
-                pass
-        a = b
-    return Schedule(tuple(blocks), fingerprint(graph))
+    """test_schedule's random blocks, drawn from `rng`; possibly none."""
+    return Schedule(random_blocks(graph, lambda options, _: rng.choice(options),
+                                  lambda lo, hi, _: rng.randint(lo, hi)), fingerprint(graph))
 
 
 def test_oracle_arena_equals_the_built_modules_plan_on_50_samples():

@@ -167,19 +167,29 @@ def networks(draw):
 def draw_schedule(data, graph) -> Schedule:
     """Blocks from cut to cut with random grids and halo policies (those plan_block
     refuses are left layer by layer), at least one."""
+    blocks = random_blocks(graph, lambda options, label: data.draw(
+        st.sampled_from(options), label=label), lambda lo, hi, label: data.draw(
+        st.integers(lo, hi), label=label))
+    assume(blocks)
+    return Schedule(blocks, fingerprint(graph))
+
+
+def random_blocks(graph, pick, between) -> tuple:
+    """Blocks from cut to cut, `pick(options, label)` choosing ends, halos and whether to
+    fuse, `between(lo, hi, label)` the grid (those plan_block refuses stay layer by
+    layer); possibly none."""
     cuts, blocks, a = sorted(single_cuts(graph)), [], 0
     while a < cuts[-1]:
         later = [c for c in cuts if c > a]
-        b = data.draw(st.sampled_from(later[:4]), label="block end")
-        if data.draw(st.sampled_from([True, True, True, False]), label="fuse"):
+        b = pick(later[:4], "block end")
+        if pick([True, True, True, False], "fuse"):
             out = graph.t(graph.ops[b - 1].outputs[0])
             if is_global_mean(graph.ops[b - 1], graph):
                 out = graph.t(graph.ops[b - 1].inputs[0])
             if len(out.shape) == 4:
                 h, w = int(out.shape[1]), int(out.shape[2])
-                halo = data.draw(st.sampled_from(HALOS), label="halo")
-                grid = (data.draw(st.integers(1, min(h, 6)), label="rows"),
-                        data.draw(st.integers(1, min(w, 6)), label="columns"))
+                halo = pick(HALOS, "halo")
+                grid = (between(1, min(h, 6), "rows"), between(1, min(w, 6), "columns"))
                 block = Block(a, b - 1, grid, halo)
                 try:
                     plan_block(graph, block)
@@ -187,8 +197,7 @@ def draw_schedule(data, graph) -> Schedule:
                 except ModelError:
                     pass
         a = b
-    assume(blocks)
-    return Schedule(tuple(blocks), fingerprint(graph))
+    return tuple(blocks)
 
 
 def random_input(graph, seed):

@@ -79,6 +79,15 @@ def c_kernel(op: Op, graph: Graph, n_params: int, workspace: int = 0,
     return None
 
 
+def default_knob(op: Op, graph: Graph, kernel) -> str:
+    """The kernel a build takes for `op` by default (`kernel`: its lowered Kernel, or None):
+    "c" when the default choice gives it a C kernel, else "tvm"."""
+    if kernel is None:
+        return "tvm"
+    return "c" if c_kernel(op, graph, len(kernel.func.params), kernel.scratch_bytes,
+                           default=True) is not None else "tvm"
+
+
 def with_choice(func, op: Op, graph: Graph, workspace: int, choice: str | None):
     """The operator's PrimFunc with its kernel choice as its attribute: "c", "tvm", or None
     for the default; a ModelError when "c" names a layer no C kernel runs."""

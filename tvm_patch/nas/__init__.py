@@ -37,7 +37,7 @@ class Found:
 
     def as_dict(self) -> dict:
         q = self.query
-        return {**{k: v for k, v in self.paths.items()}, "name": self.config["name"],
+        return {**self.paths, "name": self.config["name"],
                 "macs": self.layer_by_layer.layer_macs, "schedule_macs": q.macs,
                 "arena_bytes": q.arena_bytes, "arena_excl_io_bytes": q.arena_excl_io_bytes,
                 "layer_by_layer_arena_bytes": self.layer_by_layer.arena_bytes,

@@ -105,8 +105,7 @@ def search(sram: int, flash: int | None = None, instructions: int | None = None,
         todo = [a for a in dict.fromkeys(archs) if a not in seen]
         tasks = [dict(base, arch=a.to_dict()) for a in todo]
         for k, result in pool.run(tasks):
-            result = {"error": result.get("error") or "no result", "feasible": False,
-                      "score": None, **result}
+            result = {"feasible": False, "score": None, **result}  # a runner's timeout
             seen[todo[k]] = Candidate(todo[k], result)
             history.append(seen[todo[k]])
         return [seen[a] for a in archs]

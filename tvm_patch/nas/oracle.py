@@ -25,7 +25,7 @@ from ..frontend.simplify import fold_pads, mark_inplace
 from ..graph import DTYPE_BYTES, Graph, ModelError, Op, Quant, Tensor, same_padding
 from ..kernels.ops import macs as op_macs
 from ..schedule.arena import live_bytes, peak_live, plan_calls
-from ..schedule.cost import Cost, CostModel, units
+from ..schedule.cost import Cost, CostModel
 from ..schedule.regions import BLOCK_KINDS
 from ..schedule.schedule import Block, Schedule, fingerprint
 from ..schedule.search import single_cuts
@@ -288,15 +288,12 @@ class Oracle:
         fusing operators before `cut` leaves those steps as they are, so no such schedule
         has an arena below it."""
         params, calls = self.model.calls([])
-        live = live_bytes(plan_calls(params, calls, self.graph.outputs, placed=False), io)
+        plan = plan_calls(params, calls, self.graph.outputs, placed=False)
+        live = live_bytes(plan, io)
         for k in range(len(live) - 2, -1, -1):
             live[k] = max(live[k], live[k + 1])
-        step_of, k = {}, 0
-        for kind, pos in units(self.graph, []):
-            if self.graph.ops[pos].kind != "reshape":
-                step_of[pos] = k
-                k += 1
-        return {pos: live[k] for pos, k in step_of.items()}
+        # graph_of numbers each operator by its position
+        return {step.op["index"]: live[k] for k, step in enumerate(plan.steps)}
 
     def levels(self) -> list:
         """0, then per downsampling layer after the first (at most LEVELS_FUSED), the
@@ -319,10 +316,10 @@ class Oracle:
 
     def of(self, cost: Cost) -> Query:
         """The Query of a cost the CostModel computed for this graph."""
+        per_op = {id(op): n for op, n in zip(self.graph.ops, self._op_instructions)}
         inside = {id(op) for st in cost.stages for op in st.ops}
-        layers = sum(n for op, n in zip(self.graph.ops, self._op_instructions)
-                     if id(op) not in inside)
-        blocks = sum(BLOCK_OVERHEAD * sum(self._instructions(op) for op in st.ops) *
+        layers = sum(n for op, n in per_op.items() if op not in inside)
+        blocks = sum(BLOCK_OVERHEAD * sum(per_op[id(op)] for op in st.ops) *
                      (st.macs / st.layer_macs if st.layer_macs else 1.0) for st in cost.stages)
         flash = self.weights_bytes + CODE_BASE + CODE_PER_BLOCK * len(cost.stages)
         return Query(cost.arena_bytes, cost.arena_excl_io_bytes, cost.macs, cost.layer_macs,

@@ -95,19 +95,14 @@ def _shipped(graph, kernels: dict):
     """The fastest layer-by-layer point of the records shipped for this model (its kernel
     knobs; the same arena as the default build), or None when there is none or it runs
     the kernels the build takes anyway: the module stays as it is."""
-    from ..kernels.variants import c_kernel
+    from ..kernels.variants import default_knob
     from ..tune.records import best, default_records, read_records
     found = [r for path in default_records(graph) for r in read_records(path, graph)[0]]
     chosen = best(found, None, layer_by_layer=True) if found else None
-    if chosen is None:
+    if chosen is None or all(knob == default_knob(graph.ops[pos], graph, kernels.get(pos))
+                             for pos, knob in chosen.kernels):
         return None
-    for pos, knob in chosen.kernels:
-        k = kernels.get(pos)
-        default = k is not None and c_kernel(graph.ops[pos], graph, len(k.func.params),
-                                             k.scratch_bytes, default=True) is not None
-        if knob != ("c" if default else "tvm"):
-            return chosen
-    return None
+    return chosen
 
 
 def cost_of(mod) -> dict | None:

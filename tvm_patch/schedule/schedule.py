@@ -175,8 +175,7 @@ def check_model(schedule: Schedule, graph: Graph, where: str = "schedule",
                 fp: str | None = None) -> None:
     """Refuses a schedule made for another model, or naming operators it does not have.
     `fp`: the graph's fingerprint, when already known."""
-    fp = fp if schedule.model and fp else fingerprint(graph) if schedule.model else None
-    if schedule.model and schedule.model != fp:
+    if schedule.model and schedule.model != (fp := fp or fingerprint(graph)):
         raise ModelError(f"{where} was made for another model (fingerprint {schedule.model}, "
                          f"this model's is {fp})")
     for k, b in enumerate(schedule.blocks):

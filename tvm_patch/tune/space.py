@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass
 
 from ..graph import Graph, ModelError
-from ..kernels.variants import c_kernel
+from ..kernels.variants import c_kernel, default_knob
 from ..schedule.cost import Cost, CostModel, units
 from ..schedule.regions import BLOCK_KINDS, CONVS
 from ..schedule.schedule import Block, Schedule, fingerprint
@@ -70,8 +70,7 @@ class Space:
                 n = len(k.func.params)
                 can = c_kernel(op, graph, n, k.scratch_bytes, default=False) is not None
                 self.knobs[pos] = KNOBS if can else ("tvm",)
-                default = c_kernel(op, graph, n, k.scratch_bytes, default=True) is not None
-                self.default_knob[pos] = "c" if default else "tvm"
+                self.default_knob[pos] = default_knob(op, graph, k)
         self.segments = self._segments()
         self._costs, self._step_map = {}, None
 
