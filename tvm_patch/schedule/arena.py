@@ -6,9 +6,9 @@ both go through plan_calls, so the two agree by construction (and tests check it
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
+import functools
 import random
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -199,22 +199,19 @@ def place(buffers: list, tries: int = PLACE_TRIES) -> int:
         return 0
     conflicts, sizes = _conflicts(groups), [_size(g) for g in groups]
     bound = _live_bound(groups)
-    orders = [sorted(range(len(groups)), key=lambda i, key=key: key(groups[i])) for key in (
-        lambda g: (-_size(g), _start(g)),
-        lambda g: (-sum((b.end - b.start + 1) * b.nbytes for b in g), _start(g)),
-        lambda g: (_start(g), -_size(g)),
-        lambda g: (-(_end(g) - _start(g)), -_size(g)),
+    starts, ends = [_start(g) for g in groups], [_end(g) for g in groups]
+    areas = [sum((b.end - b.start + 1) * b.nbytes for b in g) for g in groups]
+    orders = [sorted(range(len(groups)), key=key) for key in (
+        lambda i: (-sizes[i], starts[i]),
+        lambda i: (-areas[i], starts[i]),
+        lambda i: (starts[i], -sizes[i]),
+        lambda i: (starts[i] - ends[i], -sizes[i]),
     )]
-    rng = random.Random(len(groups))
+    orders += _random_orders(len(groups), max(tries - len(orders), 0))
     best, best_offsets = None, None
-    for attempt in range(max(tries, len(orders))):
-        if attempt < len(orders):
-            order = orders[attempt]
-        else:
-            order = list(range(len(groups)))
-            rng.shuffle(order)
-        offsets, size = _greedy(sizes, order, conflicts)
-        if best is None or size < best:
+    for order in orders:
+        offsets, size = _greedy(sizes, order, conflicts, best)
+        if offsets is not None:
             best, best_offsets = size, offsets
             if best <= bound:
                 break
@@ -279,9 +276,21 @@ def _live_bound(groups: list) -> int:
     return int(np.maximum.reduceat(live * size[:, None], first, axis=0).sum(axis=0).max())
 
 
-def _greedy(sizes: list, order: list, conflicts: list) -> tuple:
+@functools.lru_cache(maxsize=64)
+def _random_orders(n: int, count: int) -> tuple:
+    """`count` seeded random orders of n groups: the same for every plan of n groups, so
+    computed once."""
+    rng, orders = random.Random(n), []
+    for _ in range(count):
+        order = list(range(n))
+        rng.shuffle(order)
+        orders.append(order)
+    return tuple(orders)
+
+
+def _greedy(sizes: list, order: list, conflicts: list, beat: int | None = None) -> tuple:
     """First-fit offsets of the groups (of `sizes` bytes) placed in `order`, and the arena
-    size."""
+    size; (None, None) as soon as the arena reaches `beat` (it cannot be smaller)."""
     offsets, top = [None] * len(sizes), 0
     for i in order:
         size = sizes[i]
@@ -291,7 +300,11 @@ def _greedy(sizes: list, order: list, conflicts: list) -> tuple:
         for lo, hi in busy:
             if offset + size <= lo:
                 break
-            offset = max(offset, hi)
+            if hi > offset:
+                offset = hi
         offsets[i] = offset
-        top = max(top, offset + size)
+        if offset + size > top:
+            top = offset + size
+            if beat is not None and top >= beat:
+                return None, None
     return offsets, top

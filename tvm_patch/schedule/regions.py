@@ -440,23 +440,27 @@ def _stage_macs(stage: Stage, op: Op, graph: Graph) -> int:
         return 0
     out = graph.t(op.outputs[0])
     per_position = total // (out.shape[1] * out.shape[2])
-    rows = []
-    for ax, g in enumerate(stage.grid):
-        tiles = range(stage.first_tile if ax == stage.cached_axis else 0, g)
-        span, tile = stage.regions[out.name][ax], stage.tile[ax]
-        spans = [(span.origin(t, tile) + a, span.origin(t, tile) + b)
-                 for t, (a, b) in zip(tiles, (stage.valid(out.name, ax, t) for t in tiles))]
-        rows.append(_union(spans) if ax == stage.cached_axis else
-                    sum(b - a for a, b in spans))
+    cached = stage.cached_axis
+    rows = [_axis_rows(stage.regions[out.name][ax], stage.tile[ax], _spatial(out)[ax],
+                       stage.first_tile if ax == cached else 0, g, ax == cached)
+            for ax, g in enumerate(stage.grid)]
     return int(np.int64(rows[0]) * rows[1] * per_position)
 
 
-def _union(intervals) -> int:
-    """Rows covered by the intervals [a, b): what a cached axis computes, each row once."""
+@functools.lru_cache(maxsize=4096)
+def _axis_rows(span: Span, tile: int, size: int, first: int, grid: int, once: bool) -> int:
+    """Rows of one axis that tiles first..grid-1 compute inside the image (Stage.valid's
+    rows of each tile's region): summed, or, along a cached axis (`once`), each row once."""
     total, end = 0, None
-    for a, b in sorted(intervals):
-        a = a if end is None else max(a, end)
+    for t in range(first, grid):
+        org = span.origin(t, tile)
+        a = org + min(max(0, -org), span.extent)
+        b = max(a, org + min(span.extent, size - org))
+        if once and end is not None:  # tiles advance along the axis: their regions in order
+            a = max(a, end)
+            end = max(end, b)
+        elif once:
+            end = b
         if b > a:
             total += b - a
-        end = b if end is None else max(end, b)
     return total
