@@ -242,7 +242,7 @@ def main() -> int:
     if "4" in args.sections:
         searches(args.generations, args.population)
     if "5" in args.sections:
-        from tvm_patch.tune.records import DEFAULT_DIR
+        from tvm_patch.schedule.records import DEFAULT_DIR
         predictor(DEFAULT_DIR)
     return 0
 

@@ -205,7 +205,7 @@ def main() -> int:
         if "1" in args.sections:
             curves(args.models, where, args.trials, args.jobs)
         if "2" in args.sections:
-            from tvm_patch.tune.records import DEFAULT_DIR
+            from tvm_patch.schedule.records import DEFAULT_DIR
             tuned_vs_default(args.models, DEFAULT_DIR if args.ship else where, args.trials,
                              args.jobs, tmp, args.zoo_trials)
         if "3" in args.sections:

@@ -1,4 +1,4 @@
-"""Fused blocks by the hand-written kernels (kernels/c_block.py, mcu/firmware/tvmp_block.c):
+"""Fused blocks by the hand-written kernels (passes/c_block.py, mcu/firmware/tvmp_block.c):
 the firmware's C sources (TVM's C kernels, the block tables, model.c over the arena)
 compiled for this host, run against TFLite Micro on random networks and random multi-block
 schedules. The emulator runs the same sources with the DSP instructions (test_mcu.py,

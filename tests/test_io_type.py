@@ -20,7 +20,7 @@ from tvm_patch.graph import ModelError
 from tvm_patch.passes import PatchBasedInference, choose, cost_of
 from tvm_patch.passes.emit import graph_of
 from tvm_patch.schedule import Block, Schedule, fingerprint
-from tvm_patch.tune.records import record_line
+from tvm_patch.schedule.records import record_line
 from tvm_patch.schedule.cost import CostModel
 from tvm_patch.schedule.search import _max_split as max_split
 from conftest import assert_bit_exact, loaded_model, shared_model
@@ -82,7 +82,7 @@ def test_any_patch_option_turns_patching_on_everywhere(option, monkeypatch, tmp_
 
 
 def test_no_patch_option_keeps_layer_by_layer(monkeypatch, tmp_path):
-    from tvm_patch.tune import records
+    from tvm_patch.schedule import records
     shipped = tmp_path / "schedules"
     shipped.mkdir()
     monkeypatch.setattr(records, "DEFAULT_DIR", str(shipped))

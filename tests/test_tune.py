@@ -19,7 +19,7 @@ from tvm_patch.passes.emit import graph_of
 from tvm_patch.schedule import Schedule, fingerprint, parse
 from tvm_patch.tune import measure, tuner
 from tvm_patch.tune.model import UnitFeatures, tir_features
-from tvm_patch.tune.records import best, read_records, record_line
+from tvm_patch.schedule.records import best, read_records, record_line
 from tvm_patch.tune.space import Space
 
 from conftest import loaded_model, shared_model

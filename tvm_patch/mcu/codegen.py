@@ -24,7 +24,7 @@ from .. import cache
 from ..analysis.memory import ALIGN, Plan
 from ..graph import ModelError
 from ..kernels.lower import compaction_passes
-from ..kernels.c_block import block_source
+from ..passes.c_block import block_source
 from ..kernels.variants import ATTR as VARIANT_ATTR
 
 C_TARGET = tvm.target.Target({"kind": "c"})

@@ -124,7 +124,7 @@ def write_project(mod, target: str, directory, stack_bytes: int = STACK_BYTES,
 
 def _c_kernel(mod, func: str) -> str | None:
     """The hand-written C kernel a step runs (kernels/variants.py; tvmp_block_run for a
-    fused block, kernels/c_block.py), None for TVM's C."""
+    fused block, passes/c_block.py), None for TVM's C."""
     try:
         attrs = mod[func].attrs
     except (KeyError, ValueError):

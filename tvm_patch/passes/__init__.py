@@ -23,6 +23,7 @@ from ..graph import ModelError
 from ..kernels.lower import Kernel
 from ..schedule import Schedule, choose
 from ..schedule.cost import CostModel
+from ..schedule.records import best, default_records, read_records
 from ..schedule.regions import plan_stage, stage_ops  # noqa: F401  (public helpers)
 from ..schedule.search import OBJECTIVES
 from .emit import POSITION_ATTR, calls_of, carries_graph, graph_of, to_relax
@@ -75,7 +76,6 @@ def PatchBasedInference(schedule: Schedule | None = None, split="auto",  # noqa:
 
 def _from_records(path: str, graph, scratch: dict, sram, objective) -> tuple:
     """(the records' best schedule or None, a note on what was left out)."""
-    from ..tune.records import best, read_records
     found, notes = read_records(path, graph)
     model = CostModel(graph, scratch)
 
@@ -96,7 +96,6 @@ def _shipped(graph, kernels: dict):
     knobs; the same arena as the default build), or None when there is none or it runs
     the kernels the build takes anyway: the module stays as it is."""
     from ..kernels.variants import default_knob
-    from ..tune.records import best, default_records, read_records
     found = [r for path in default_records(graph) for r in read_records(path, graph)[0]]
     chosen = best(found, None, layer_by_layer=True) if found else None
     if chosen is None or all(knob == default_knob(graph.ops[pos], graph, kernels.get(pos))

@@ -105,7 +105,7 @@ def _emit_stage(bb, stage, kernel, graph, env, number):
 
 def _block_choice(func, stage, kernel):
     """The block's kernel (Block.kernel): the firmware's C kernels over its tiles
-    (kernels/c_block.py) when every operator has one, unless it asks for "tvm" (TVM's C of
+    (passes/c_block.py) when every operator has one, unless it asks for "tvm" (TVM's C of
     its loop nest); "c" for a block that cannot run in C is a ModelError."""
     b = stage.block
     if kernel.c_table is None and b.kernel == "c":

@@ -21,7 +21,7 @@ import tvm_ffi
 from tvm import s_tir, te, tirx
 
 from ..graph import Graph, ModelError, Op
-from ..kernels.c_block import c_block
+from .c_block import c_block
 from ..kernels.lower import Kernel, allocations, buffer_bytes, compact, into_workspace
 from ..kernels.ops import COMPUTES
 from ..schedule.regions import (CONVS, POOLS, REDUCE_SUM, WINDOWED, Stage, plan_tiles,
@@ -35,7 +35,7 @@ SUM, MEAN = REDUCE_SUM, "mean"   # the blocks of kernels/nonlinear.py's MEAN
 class StageKernel(Kernel):
     tile_buffers: dict = None   # tile buffer name -> bytes, as the lowered TIR allocates them
     offsets: dict = None        # tile buffer name -> byte offset in the workspace
-    c_table: dict = None        # the block for the firmware's C kernels (kernels/c_block.py)
+    c_table: dict = None        # the block for the firmware's C kernels (passes/c_block.py)
 
 
 def lower_stage(stage: Stage, graph: Graph) -> StageKernel:

@@ -18,7 +18,7 @@ overrides, per convolution outside the blocks (by graph position), which code ru
 microcontroller: "c" our hand-written kernel (mcu/firmware/tvmp_nn.c), "tvm" TVM's generated
 C; unnamed layers get kernels/variants.py's default choice. A block's own "kernel" does the
 same for the whole block: "c" runs it by the hand-written kernels over its tiles
-(kernels/c_block.py), "tvm" runs TVM's C of its loop nest; without it, C wherever every
+(passes/c_block.py), "tvm" runs TVM's C of its loop nest; without it, C wherever every
 operator of the block has a C kernel. Kernels change no memory."""
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The memory-aware tuner: the fastest schedule and kernel knobs of a model whose arena fits
 an SRAM budget and whose firmware fits a Flash budget, measured on the emulated Cortex-M7.
 The space (space.py), measurements in parallel (measure.py), the XGBoost cost model
-(model.py), the search (tuner.py) and its records (records.py).
+(model.py) and the search (tuner.py); its records are schedule/records.py (the passes
+apply them too).
 
     from tvm_patch import tune
     result = tune.tune("vww1.tflite", sram=64 * 1024, trials=64)
@@ -13,7 +14,7 @@ The space (space.py), measurements in parallel (measure.py), the XGBoost cost mo
 from __future__ import annotations
 
 from ..graph import ModelError
-from .records import best, read_records
+from ..schedule.records import best, read_records
 from .tuner import STRATEGIES, Result, Tuner, default_records_path
 
 

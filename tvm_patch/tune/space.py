@@ -16,35 +16,13 @@ from ..graph import Graph, ModelError
 from ..kernels.variants import c_kernel, default_knob
 from ..schedule.cost import Cost, CostModel, units
 from ..schedule.regions import BLOCK_KINDS, CONVS
+from ..schedule.records import Unit
 from ..schedule.schedule import Block, Schedule, fingerprint
 from ..schedule.search import OBJECTIVES, Search
 
 KNOBS = ("c", "tvm")
-C_BLOCK_KINDS = CONVS + ("add", "quantize")  # kernels/c_block.py's operators
+C_BLOCK_KINDS = CONVS + ("add", "quantize")  # passes/c_block.py's operators
 MAX_BLOCK_OPS = 24  # longer blocks lower slowly and never won a front point
-
-
-@dataclass(frozen=True)
-class Unit:
-    """One step of the firmware: ("op", position, position) or ("block", first, last), with
-    the block's grid and halo, and the kernel that runs it ("c" or "tvm")."""
-    kind: str
-    first: int
-    last: int
-    kernel: str
-    grid: tuple = ()
-    halo: tuple = ()
-
-    @property
-    def block(self) -> Block:
-        return Block(self.first, self.last, self.grid, self.halo)
-
-    @property
-    def key(self) -> str:
-        if self.kind == "op":
-            return f"op {self.first} {self.kernel}"
-        return (f"block {self.first}-{self.last} {self.grid[0]}x{self.grid[1]} "
-                f"{'/'.join(self.halo)} {self.kernel}")
 
 
 class Space:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from ..graph import ModelError
 from .measure import TIMEOUT_S, runner as make_runner
 from .model import CostModel, UnitFeatures
-from .records import read_records, record_line
+from ..schedule.records import read_records, record_line
 from .space import Space
 
 STRATEGIES = ("model", "random")

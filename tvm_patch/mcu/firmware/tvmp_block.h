@@ -1,5 +1,5 @@
 /* A fused block (tvm_patch/schedule/regions.py's Stage) run on the microcontroller by the
- * hand-written kernels of tvmp_nn.c: the block is a table (tvm_patch/kernels/c_block.py
+ * hand-written kernels of tvmp_nn.c: the block is a table (tvm_patch/passes/c_block.py
  * writes it), tvmp_block_run walks its tiles. Per tile, every operator computes the rows and
  * columns of its output region that lie inside the image (and, along a cached axis, that
  * the previous tile did not compute) by one kernel call on that rectangle, reading its

@@ -18,8 +18,8 @@ import numpy as np
 from ..graph import Graph, Op
 from ..quant import activation_range
 from ..schedule.regions import Stage, tile_buffer
-from .ops import add_rescale
-from .variants import COL_MAX, _requantization
+from ..kernels.ops import add_rescale
+from ..kernels.variants import COL_MAX, _requantization
 
 CONV, CONV_F32, DEPTHWISE, ADD = range(4)  # tvmp_block.h's TVMP_BLOCK_*
 ADD_LEFT_SHIFT = 20  # TFLite's int8 ADD (kernels/ops.py add_rescale), tvmp_add_s8's shift

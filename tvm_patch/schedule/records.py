@@ -6,7 +6,7 @@
      "units": [{"unit": "op 0 c", "instructions": 2301234}, ...], "error": null, ...}
 
 `schedule` is the point measured (schedule/schedule.py's JSON: blocks, grids, halos, every
-kernel knob); `units` its steps (tune/space.py's Unit keys: a layer with its kernel, a block
+kernel knob); `units` its steps (Unit keys below: a layer with its kernel, a block
 with its grid, halo and kernel) with their instructions; a failed measurement keeps its
 `error` and no instructions. `model` is the schedule's fingerprint of the graph: records for
 another model are skipped with a note, never applied.
@@ -23,13 +23,35 @@ import os
 from dataclasses import dataclass
 
 from ..graph import Graph, ModelError
-from ..schedule.schedule import Block, Schedule, fingerprint, parse
-from .space import Unit
+from .schedule import Block, Schedule, fingerprint, parse
 
 FORMAT, VERSION = "tvm_patch.records", 1
 # tuned records shipped with tvm_patch: used by default for a model they were made for
 DEFAULT_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), "schedules")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One step of the firmware: ("op", position, position) or ("block", first, last), with
+    the block's grid and halo, and the kernel that runs it ("c" or "tvm")."""
+    kind: str
+    first: int
+    last: int
+    kernel: str
+    grid: tuple = ()
+    halo: tuple = ()
+
+    @property
+    def block(self) -> Block:
+        return Block(self.first, self.last, self.grid, self.halo)
+
+    @property
+    def key(self) -> str:
+        if self.kind == "op":
+            return f"op {self.first} {self.kernel}"
+        return (f"block {self.first}-{self.last} {self.grid[0]}x{self.grid[1]} "
+                f"{'/'.join(self.halo)} {self.kernel}")
 
 
 @dataclass
