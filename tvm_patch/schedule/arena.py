@@ -263,8 +263,11 @@ def _conflicts(groups: list) -> list:
     touches = np.add.reduceat(overlap.astype(np.int32), first, axis=0) > 0  # group x member
     ext = np.maximum.reduceat(touches * size[None, :], first, axis=1)      # group x group
     np.fill_diagonal(ext, 0)
-    return [[(int(j), int(ext[i, j])) for j in np.flatnonzero(ext[i])]
-            for i in range(len(groups))]
+    rows, cols = np.nonzero(ext)
+    out = [[] for _ in groups]
+    for i, j, nbytes in zip(rows.tolist(), cols.tolist(), ext[rows, cols].tolist()):
+        out[i].append((j, nbytes))
+    return out
 
 
 def _live_bound(groups: list) -> int:
@@ -294,14 +297,14 @@ def _greedy(sizes: list, order: list, conflicts: list, beat: int | None = None) 
     offsets, top = [None] * len(sizes), 0
     for i in order:
         size = sizes[i]
-        busy = sorted((offsets[j], offsets[j] + ext) for j, ext in conflicts[i]
-                      if offsets[j] is not None)
+        busy = [(offsets[j], ext) for j, ext in conflicts[i] if offsets[j] is not None]
+        busy.sort()
         offset = 0
-        for lo, hi in busy:
+        for lo, ext in busy:
             if offset + size <= lo:
                 break
-            if hi > offset:
-                offset = hi
+            if lo + ext > offset:
+                offset = lo + ext
         offsets[i] = offset
         if offset + size > top:
             top = offset + size
