@@ -16,6 +16,8 @@ layer. A front point is Pareto-optimal in (arena_excl_io, MACs)."""
 from __future__ import annotations
 
 import argparse
+import copy
+import json
 import os
 import statistics
 import sys
@@ -73,7 +75,6 @@ def msf_mbv2(config: dict, width: float = 0.35) -> dict:
     its per-layer figure, 194,400 B, is this network's largest operator (72x72x30 in, 36x36x30
     out) under msf-CNN's rule (no operator in place); MCUNet's config cannot go below its
     72x72x48 expansion alone (248,832 B). Expansion ratios, kernels, strides are the config's."""
-    import copy
     stem, stages, mix = MBV2_CHANNELS
     net = copy.deepcopy(config)
     outs = [int(c * width) for c, n in zip(stages, MBV2_DEPTHS) for _ in range(n)]
@@ -110,7 +111,6 @@ def per_layer_no_inplace(graph) -> int:
 def source(models_dir: str, label: str):
     kind, name = {**MODELS, **SHARED}[label]
     if kind in ("config", "msf-mbv2"):
-        import json
         with open(os.path.join(models_dir, "configs", name)) as f:
             config = json.load(f)
         return zoo.build(msf_mbv2(config) if kind == "msf-mbv2" else config)
