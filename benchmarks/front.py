@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import statistics
@@ -36,6 +37,7 @@ from tvm_patch.frontend import read  # noqa: E402
 from tvm_patch.graph import ModelError  # noqa: E402
 from tvm_patch.passes import PatchBasedInference  # noqa: E402
 from tvm_patch.schedule import Block, Schedule, Search, fingerprint  # noqa: E402
+from tvm_patch.schedule.arena import peak_live, plan_calls  # noqa: E402
 from tvm_patch.schedule.cost import CostModel  # noqa: E402
 
 from patch import DEFAULT_MODELS, b, table  # noqa: E402
@@ -93,19 +95,13 @@ def msf_mbv2(config: dict, width: float = 0.35) -> dict:
 
 
 def per_layer_no_inplace(graph) -> int:
-    """msf-CNN's per-layer rule (TVM's workspace, every operator out of place): the most
-    bytes of activation tensors live at one operator, the model's input and output excluded."""
-    last = {}
-    for pos, op in enumerate(graph.ops):
-        for n in op.inputs:
-            if n and not graph.t(n).is_const:
-                last[n] = pos
-    io, made, peak = set(graph.inputs) | set(graph.outputs), {}, 0
-    for pos, op in enumerate(graph.ops):
-        made.update((n, pos) for n in op.outputs)
-        peak = max(peak, sum(graph.t(n).nbytes for n, at in made.items()
-                             if n not in io and at <= pos <= max(last.get(n, at), at)))
-    return peak
+    """msf-CNN's per-layer rule (TVM's workspace): the planner's most bytes live at one step
+    of the layer-by-layer plan with every operator out of place and no kernel scratch, the
+    model's input and output excluded."""
+    params, calls = CostModel(graph, {pos: 0 for pos in range(len(graph.ops))}).calls([])
+    plan = plan_calls(params, [dataclasses.replace(c, inplace=False) for c in calls],
+                      graph.outputs, placed=False)
+    return peak_live(plan, set(graph.inputs) | set(graph.outputs))
 
 
 def source(models_dir: str, label: str):
@@ -195,9 +191,9 @@ def bench(label: str, src, args) -> list:
     rows, problems = [], []
     points = [base] + [c for c in front if c.schedule.blocks]  # layer by layer once
     if args.anchors_only and MSF_CNN.get(label):
-        points = [base] + sorted({id(c): c for c in (_answer(front, base, factor)
-                                                     for _, factor in MSF_CNN[label])
-                                  if c is not base}.values(), key=lambda c: c.macs)
+        answers = {id(c): c for c in (_answer(front, base, f) for _, f in MSF_CNN[label])}
+        points = [base] + sorted((c for c in answers.values() if c is not base),
+                                 key=lambda c: c.macs)
     for cost in points:
         int8_cost = model8.cost(on_int8_io(cost.schedule, graph, int8))
         row = [b(cost.arena_excl_io_bytes), b(cost.arena_bytes), b(int8_cost.arena_bytes),

@@ -27,7 +27,7 @@ from ..kernels.ops import macs as op_macs
 from ..schedule.arena import live_bytes, peak_live, plan_calls
 from ..schedule.cost import Cost, CostModel
 from ..schedule.regions import BLOCK_KINDS
-from ..schedule.schedule import Block, Schedule, fingerprint
+from ..schedule.schedule import Block, Schedule
 from ..schedule.search import single_cuts
 from ..zoo.nets import NetSpec, load_config, make_divisible, spec_from_config
 

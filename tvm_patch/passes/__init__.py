@@ -21,6 +21,7 @@ import tvm_ffi
 
 from ..graph import ModelError
 from ..kernels.lower import Kernel
+from ..kernels.variants import default_knob
 from ..schedule import Schedule, choose
 from ..schedule.cost import CostModel
 from ..schedule.records import best, default_records, read_records
@@ -95,7 +96,6 @@ def _shipped(graph, kernels: dict):
     """The fastest layer-by-layer point of the records shipped for this model (its kernel
     knobs; the same arena as the default build), or None when there is none or it runs
     the kernels the build takes anyway: the module stays as it is."""
-    from ..kernels.variants import default_knob
     found = [r for path in default_records(graph) for r in read_records(path, graph)[0]]
     chosen = best(found, None, layer_by_layer=True) if found else None
     if chosen is None or all(knob == default_knob(graph.ops[pos], graph, kernels.get(pos))

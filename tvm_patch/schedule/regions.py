@@ -127,14 +127,6 @@ class Stage:
         span = self.regions[name][ax]
         return max(0, span.extent - self.tile[ax] * span.stride)
 
-    def valid(self, name: str, axis: int, tile_index: int) -> tuple:
-        """Rows [a, b) of tile `tile_index`'s region of `name` that lie inside the image,
-        relative to the region's origin."""
-        span, size = self.regions[name][axis], _spatial(self.graph.t(name))[axis]
-        org = span.origin(tile_index, self.tile[axis])
-        first = min(max(0, -org), span.extent)
-        return first, max(first, min(span.extent, size - org))
-
 
 def tile_buffer(k: int) -> str:
     """The name of the tile buffer holding the output of the stage's k-th operator."""
@@ -449,13 +441,13 @@ def _stage_macs(stage: Stage, op: Op, graph: Graph) -> int:
 
 @functools.lru_cache(maxsize=4096)
 def _axis_rows(span: Span, tile: int, size: int, first: int, grid: int, once: bool) -> int:
-    """Rows of one axis that tiles first..grid-1 compute inside the image (Stage.valid's
-    rows of each tile's region): summed, or, along a cached axis (`once`), each row once."""
+    """Rows of one axis that tiles first..grid-1 compute: the rows of each tile's region
+    that lie inside the image, summed, or, along a cached axis (`once`), each row once."""
     total, end = 0, None
     for t in range(first, grid):
         org = span.origin(t, tile)
-        a = org + min(max(0, -org), span.extent)
-        b = max(a, org + min(span.extent, size - org))
+        a = max(org, 0)                                # the region clipped to [0, size)
+        b = max(a, min(org + span.extent, size))
         if once and end is not None:  # tiles advance along the axis: their regions in order
             a = max(a, end)
             end = max(end, b)

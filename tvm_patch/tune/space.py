@@ -10,7 +10,6 @@ before or after it, so one measured schedule teaches the cost of each of its uni
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
 from ..graph import Graph, ModelError
 from ..kernels.variants import c_kernel, default_knob

@@ -19,9 +19,9 @@ import time
 from dataclasses import dataclass, field
 
 from ..graph import ModelError
+from ..schedule.records import read_records, record_line
 from .measure import TIMEOUT_S, runner as make_runner
 from .model import CostModel, UnitFeatures
-from ..schedule.records import read_records, record_line
 from .space import Space
 
 STRATEGIES = ("model", "random")
